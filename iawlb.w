@@ -1,0 +1,3084 @@
+% iawlb.w: IAWLB, the It-Almost-Works Load Balancer, rebuilt.
+% ctangle iawlb.w writes iawlb.cpp, iawlb.hpp, main.cpp and (through @@i) SyncedList.hpp;
+% cweave iawlb.w and pdftex make the book doc/iawlb.pdf.
+
+\def\iawlbversion{1.0.0}
+\def\title{IAWLB}
+\def\topofcontents{\null\vskip 1.2in
+  \centerline{\titlefont IAWLB}\vskip 12pt
+  \centerline{\tenbf The It-Almost-Works Load Balancer, made to work}\vskip 6pt
+  \centerline{a TCP load balancer in \CPLUSPLUS/17, as a literate program}
+  \vskip 24pt
+  \centerline{Version \iawlbversion}
+  \vskip 6pt
+  \centerline{\sevenrm Built by {\tt make} (ctangle, cweave, pdftex) from {\tt iawlb.w} and {\tt SyncedList.w}}
+  \vskip 36pt}
+\def\CPLUSPLUS/{C{\tt ++}}
+\def\nullptr{\&{nullptr}}
+\def\R{\mathord{!}} % print ! as !
+\def\E{\mathrel{==}} % print == as ==
+\def\W{\mathbin{\hbox{\tt\char38\char38}}} % && for logical and and rvalue references alike
+\def\V{\mathbin{\hbox{\tt\char124\char124}}}
+\def\pipe{\char124 } % a vertical bar inside \.{...}
+\emergencystretch=2em % lets TeX loosen a line around a long identifier
+% The contents go on the first page, with the title. cwebmac writes them to
+% iawlb.toc at the end of a run and prints them last; the Makefile runs pdftex
+% twice, and the second run reads the first run's file here. \nocon drops the
+% copy at the end.
+\def\frontcontents{\openin15=\jobname.toc
+  \ifeof15 \closein15 \else \closein15
+    \begingroup \titletrue \pageno=0
+    \rightskip 0pt \hyphenpenalty 50 \tolerance 200
+    \topofcontents
+    \line{\hfil Section\hbox to3em{\hss Page}}
+    \let\ZZ=\contentsline \readcontents\relax
+    \vfill\eject\endgroup \fi}
+\frontcontents \nocon \startpdf
+
+@s std int
+@s chrono int
+@s string int
+@s string_view int
+@s vector int
+@s deque int
+@s list int
+@s unique_ptr int
+@s make_unique int
+@s atomic int
+@s mutex int
+@s condition_variable int
+@s lock_guard int
+@s unique_lock int
+@s thread int
+@s size_t int
+@s uint8_t int
+@s uint16_t int
+@s uint32_t int
+@s uint64_t int
+@s uintptr_t int
+@s int64_t int
+@s ssize_t int
+@s socklen_t int
+@s sockaddr int
+@s sockaddr_in int
+@s sockaddr_in6 int
+@s addrinfo int
+@s epoll_event int
+@s pollfd int
+@s rlimit int
+@s timespec int
+@s tm int
+@s sigset_t int
+@s signalfd_siginfo int
+@s cpu_set_t int
+@s va_list int
+@s milliseconds int
+@s time_point int
+@s steady_clock int
+@s cv_status int
+@s exception int
+@s runtime_error int
+@s invalid_argument int
+@s logic_error int
+@s system_error int
+@s T int
+@s Tag int
+@s SyncedList int
+@s unique_fd int
+@s SockAddr int
+@s Time int
+@s Endpoint int
+@s HostPort int
+@s Algorithm int
+@s Config int
+@s UsageError int
+@s Level int
+@s Destination int
+@s Pick int
+@s Change int
+@s Pool int
+@s Link int
+@s List int
+@s TimerTag int
+@s ReadyTag int
+@s Buffer int
+@s BufferPool int
+@s Peer int
+@s Half int
+@s Flow int
+@s State int
+@s End int
+@s Connection int
+@s Accepted int
+@s Phase int
+@s Shared int
+@s Worker int
+@s Balancer int
+@s AddrinfoFree int
+
+@* It-Almost-Works Load Balancer.
+Suppose several copies of a service listen on different ports, and clients
+should reach them through one address without knowing there are several. A
+{\it load balancer} sits at that address: it accepts each TCP connection,
+chooses one of the copies, the {\it destinations}, opens a second connection
+to it, and copies bytes between the two until both sides are done. IAWLB, the
+It-Almost-Works Load Balancer, is such a program. Its first version was a short
+CWEB program whose author was frank about its limits; this book is its second
+version, the program it wanted to be.
+
+The shape stays. An {\it acceptor} thread accepts connections and pushes the
+accepted sockets on a synchronized FIFO list, the \&{SyncedList}; {\it worker}
+threads pop them, connect to a destination and relay. Figure~1 is that picture
+in words:
+
+\smallskip
+\centerline{clients $\to$ acceptor $\to$ \&{SyncedList} $\to$ workers
+$\to$ destinations}
+\smallskip
+
+\noindent What changes is what a worker is. In IAWLB a worker was a thread tied
+to {\it one} destination, serving {\it one} connection at a time, for {\it one}
+request and its answer, and it died for good at the first error. Here a worker
+is an event loop that owns thousands of connections at once, relays each as a
+full-duplex stream for as long as it lasts, sends each new client to whichever
+destination is healthy and least busy, and never dies because a destination
+did.
+
+@ {\it Building and running.} On Debian~12 the book and the program come from
+the same two files. As root, in a clone of the repository:
+
+\smallskip
+\item{} \.{apt-get update \&\& apt-get install -y make \&\& make deps}
+\hfil\break installs the compiler, CWEB, \TeX\ and the test tools;
+\item{} \.{make} runs |ctangle| and \.{g++} to make \.{./iawlb}, and |cweave|
+and \.{pdftex} to make this book, \.{doc/iawlb.pdf};
+\item{} \.{make check} runs the unit and integration tests;
+\item{} \.{make demo} starts three small web servers and the balancer in front
+of them, sends thirty requests and shows where each went.
+\smallskip
+
+\noindent The balancer is then started with a port to listen on and the
+destinations, exactly as IAWLB was:
+
+\smallskip
+\item{} \.{./iawlb 8080 9001 9002 9003} listens on port 8080 of every
+interface and spreads clients over ports 9001--9003 of this machine;
+\item{} \.{./iawlb 127.0.0.1:6379 10.0.0.5:6379 [fd00::6]:6379} listens on
+the loopback interface only, in front of two remote hosts;
+\item{} \.{./iawlb --help} lists the options (|@<Write the usage text@>|).
+\smallskip
+
+\noindent It logs to standard error. \.{SIGTERM} or \.{SIGINT} (Ctrl-C) stops
+it gracefully; a second one stops it at once.
+
+@ {\it What changed, and where.} Every place where this program departs from
+IAWLB tells the same small story: what IAWLB did, why it failed, and what
+replaces it. All of them are listed in the index under ``IAWLB, departures
+from''. The main ones:
+@^IAWLB, departures from@>
+
+\smallskip
+{\def\row#1&#2\cr{\item{$\bullet$}{\it #1}\quad #2\par}
+\row A thread per destination, one connection at a time&
+  $\to$ a fixed pool of event-loop workers, each owning many connections
+  (chapter Workers).\cr
+\row One request and one answer, 256\,KiB at most&
+  $\to$ a full-duplex stream of any length, half-close included
+  (chapter The relay).\cr
+\row A worker died at the first failed connect&
+  $\to$ the destination is marked down, the client goes to another one
+  (chapter Balancing and failure).\cr
+\row Every |enqueue| woke every worker; batching was ``a change I won't do''&
+  $\to$ the acceptor hands over whole batches, one lock and one wake-up each
+  (chapters The server loop and The synchronized FIFO list).\cr
+\row No signals, no graceful end&
+  $\to$ \.{SIGTERM} drains the connections in flight
+  (chapter Signals and graceful end).\cr
+\row The listen address was ignored; 32 destinations at most; |listen| with a
+  backlog of $1+{}$threads&
+  $\to$ every address honoured, no limit, the kernel's full backlog
+  (this chapter).\cr
+\row A global mutex around |printf|, to standard output&
+  $\to$ one |write| per line, no lock, to standard error
+  (chapter Logging).\cr
+}
+\smallskip
+
+\noindent The seed does not even compile with a current \.{g++}: its
+|main| jumps over initialised variables, compares a |size_t| with an |int|,
+and its |enqueue| takes a non-constant reference to a temporary. None of its
+code is kept; its names are.
+
+@ The program is three files, all tangled from this web. \.{iawlb.hpp} is the
+interface: the types and functions that the tests use as well as the
+program. \.{iawlb.cpp} is everything else. \.{main.cpp} holds only |main|, so
+that the tests can link \.{iawlb.cpp} without it. A fourth file,
+\.{SyncedList.hpp}, comes from \.{SyncedList.w}, included in this book as
+the chapter The synchronized FIFO list.
+
+IAWLB's outline was ``include files, globals and more, functions, thread code,
+main''. The implementation file keeps that outline.
+
+@c
+#include "iawlb.hpp"
+@<Implementation include files@>@;
+@<Globals and more@>@;
+@<Functions@>@;
+@<Thread code@>@;
+
+@ The interface header has the usual guard. Everything in it is described in
+the chapter that uses it first; the index finds each name.
+
+@(iawlb.hpp@>=
+#ifndef IAWLB_HPP
+#define IAWLB_HPP
+@<Include files@>@;
+@<Basic types@>@;
+@<Interface types@>@;
+@<Interface functions@>@;
+#endif
+
+@ And |main| is short, because its work is done by two calls: |parse_args|
+turns the command line into a |Config|, and |run| is the balancer. Errors
+arrive as exceptions; |main| prints each as one line on standard error and
+chooses the exit status. The statuses form a small table, so that a script
+(or a test) can tell a typing error from a failing start:
+
+\smallskip
+\item{0} normal end: after \.{--help} or \.{--version}, or when a signal asked
+for a graceful end and it finished;
+\item{1} the balancer could not start or could not go on: a destination does
+not resolve, the listen address is taken, a thread could not be created, or a
+worker met an impossible error;
+\item{2} the command line is malformed.
+\smallskip
+@^exit status@>
+
+@(main.cpp@>=
+#include "iawlb.hpp"
+#include <cstdio>
+int main(int argc, char **argv)
+{
+  Config cfg;
+  @<Check arguments; |return| on a usage error, after help or version@>@;
+  try {
+    return run(cfg);
+  }
+  catch (const std::exception &e) {
+    std::fprintf(stderr, "iawlb: %s\n", e.what());
+    return 1;
+  }
+}
+
+@ IAWLB checked only that there were at least two arguments. Now every
+argument is checked before anything starts, by |parse_args| (chapter Other
+functions and defines), which throws |UsageError| with a message naming the
+argument at fault. The message is one line, with a pointer to the help.
+
+@<Check arguments...@>=
+try {
+  cfg = parse_args(argc, argv);
+}
+catch (const UsageError &e) {
+  std::fprintf(stderr, "iawlb: %s (see iawlb --help)\n", e.what());
+@.see iawlb --help@>
+  return 2;
+}
+if (cfg.help) {
+  std::fputs(usage().c_str(), stdout);
+  return 0;
+}
+if (cfg.version) {
+  std::printf("iawlb %s\n", iawlb_version);
+  return 0;
+}
+
+@ The version is the one printed on the title page of this book.
+
+@<Interface types@>=
+constexpr const char *iawlb_version = "1.0.0";
+
+@ The configuration is everything the command line can say. Times are kept in
+microseconds (|@<Basic types@>|); zero for |workers| and
+|max_conn| means ``choose for me when starting'', because the right values
+depend on the machine, not on the command line.
+
+@<Interface types@>=
+enum class Algorithm {@+ leastconn, roundrobin@+};
+struct Config {
+  Endpoint listen; /* where clients connect */
+  std::vector<Endpoint> dests; /* where they are sent */
+  unsigned workers = 0; /* 0: one per CPU */
+  std::size_t max_conn = 0; /* 0: derived from the open-file limit */
+  Algorithm algorithm = Algorithm::leastconn;
+  Time connect_timeout = 3 * sec;
+  Time idle_timeout = 300 * sec; /* 0: never */
+  Time queue_timeout = 10 * sec;
+  Time grace = 30 * sec;
+  Time backoff_max = 5 * sec;
+  bool verbose = false, help = false, version = false;
+};
+
+@ The usage text is printed by \.{--help}. It shows each default, and for the
+two defaults that depend on the machine, the value they take here.
+
+@<Write the usage text@>=
+std::string s = "usage: iawlb [OPTIONS] LISTEN DEST [DEST...]\n\n"@/
+"Accept TCP connections on LISTEN and relay each one to a DEST.\n\n"@/
+"  LISTEN  PORT (every interface), IP:PORT or [IPv6]:PORT\n"@/
+"  DEST    PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT\n\n"@/
+"Options (D is a duration: 250ms, 3s, 2m, 1h, or a number of seconds):\n";
+s += "  -w, --workers N          worker threads (default: one per CPU, "
+  + std::to_string(cpu_count()) + " here)\n";
+s += "  -c, --max-conn N         clients served at once, more wait in the backlog\n"@/
+  "                           (default: from the open-file limit, "
+  + std::to_string(default_max_conn(cpu_count())) + " here)\n";
+s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"@/
+"      --connect-timeout D  give up connecting to a destination (default: 3s)\n"@/
+"      --idle-timeout D     close a connection idle this long, 0: never (default: 5m)\n"@/
+"      --queue-timeout D    how long a client waits while every destination\n"@/
+"                           is down (default: 10s)\n"@/
+"      --grace D            time left to open connections after SIGTERM (default: 30s)\n"@/
+"      --backoff-max D      longest wait before a down destination is tried\n"@/
+"                           again (default: 5s)\n"@/
+"  -v, --verbose            log one line per finished connection\n"@/
+"  -h, --help               print this help and exit\n"@/
+"  -V, --version            print the version and exit\n\n"@/
+"SIGTERM or SIGINT: stop accepting, let open connections finish, exit 0.\n"@/
+"A second signal: close everything and exit at once.\n";
+return s;
+
+@ @<Functions@>=
+std::string usage()
+{
+  @<Write the usage text@>@;
+}
+
+@ @<Interface functions@>=
+Config parse_args(int argc, const char *const *argv);
+std::string usage();
+int run(const Config &cfg);
+
+@ |run| is the balancer's life, from the first system call to the last. It
+builds a |Balancer| and calls |serve|, the acceptor's loop, which returns the
+exit status when the balancer has ended. The |Balancer| object gathers what
+IAWLB's |main| kept in local variables: the listening socket, the workers and
+the destinations.
+
+@<Run the balancer@>=
+int run(const Config &cfg)
+{
+  Balancer b(cfg);
+  return b.serve();
+}
+
+@ The |Balancer| is built in the order of IAWLB's |main|: it opens the
+server socket, creates the threads and starts listening. Three steps come first that
+IAWLB did not have: signals are blocked (they must be, before any thread
+exists, as chapter Signals and graceful end explains), the open-file limit is
+raised, and the destinations are resolved, so that a misspelt host name stops
+the program before it listens rather than later, in a worker.
+
+One step moves. IAWLB called |listen| after creating its threads, because its
+backlog was $1+{}$the number of threads; our backlog does not depend on the
+threads, so we |listen| before creating them. If |listen| fails, no thread is
+running yet and the error simply propagates out of the constructor.
+@^IAWLB, departures from@>
+
+@<Balancer start-up@>=
+explicit Balancer(const Config &cfg)
+{
+  shared.cfg = cfg;
+  @<Block the signals and open |signals|@>@;
+  @<Raise the open-file limit and choose |shared.max_conn|@>@;
+  @<Resolve every destination@>@;
+  @<Server listening@>@;
+  @<Start server listening@>@;
+  @<Create threads@>@;
+  @<Log the start-up line@>@;
+}
+
+@ The listen argument is |PORT|, |IP:PORT| or |[IPv6]:PORT|. IAWLB called
+|getaddrinfo(NULL, argv[1], ...)|, which looks only at the port: the address
+part was silently dropped, and a balancer told to listen on \.{127.0.0.1:8080}
+listened on every interface, reachable from the network. We honour the
+address. A bare port means every interface, as in HAProxy's \.{bind :PORT}:
+we open one IPv6 socket on \.{::} with |IPV6_V6ONLY| off, which accepts IPv4
+clients too (they appear as \.{::ffff:a.b.c.d}), and fall back to \.{0.0.0.0}
+on a kernel without IPv6.
+@^IAWLB, departures from@>
+
+@<Server listening@>=
+const Endpoint &l = shared.cfg.listen;
+if (l.host.empty()) {
+  listen_addr = any_address(AF_INET6, l.port);
+  listener = open_listener(listen_addr, false);
+  if (!listener) {
+    listen_addr = any_address(AF_INET, l.port);
+    listener = open_listener(listen_addr, true);
+  }
+}
+else {
+  listen_addr = resolve(l, "listen address");
+  listener = open_listener(listen_addr, true);
+}
+
+@ |open_listener| creates, configures and binds the socket. Its options:
+
+\smallskip
+\item{$\bullet$} |SO_REUSEADDR|, as IAWLB had, so that a restarted balancer can
+bind while connections of the previous one linger in \.{TIME\_WAIT};
+\item{$\bullet$} |IPV6_V6ONLY| off on the wildcard IPv6 socket, as said above;
+\item{$\bullet$} |TCP_NODELAY|. Nagle's algorithm holds back small segments
+while an earlier one is unacknowledged; in a relay that adds a round trip of
+delay to every small reply. Linux copies this option from a listening socket
+to the sockets |accept| returns, so one call here covers every client.
+@^Linux dependencies@>
+\smallskip
+
+\noindent The only failure we let pass silently is |EAFNOSUPPORT| when
+|socket| is asked for IPv6 on a kernel without it: |open_listener| returns
+an empty descriptor and the caller tries IPv4. Every other failure throws,
+and the message names the call and the address, for example
+\.{bind 127.0.0.1:8080: Address already in use}.
+@.bind ...: Address already in use@>
+
+@<Functions@>=
+unique_fd open_listener(const SockAddr &a, bool must)
+{
+  unique_fd fd(socket(a.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) {
+    if (errno == EAFNOSUPPORT && !must) return fd;
+    throw sys_error("socket for " + addr_to_string(a));
+  }
+  int yes = 1, no = 0;
+  setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+  if (a.sa.sa_family == AF_INET6)
+    setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof no);
+  if (bind(fd.get(), &a.sa, a.len) < 0)
+    throw sys_error("bind " + addr_to_string(a));
+  return fd;
+}
+
+@ IAWLB's backlog was $1+{}$the number of threads: with three destinations, a
+queue of four connections in the kernel, and every fifth client that arrived
+while the workers were busy got a refused connection. The backlog is where
+clients wait when the balancer is at its connection limit
+(|accept_clients|, chapter The server loop), so it should be as long as
+the kernel allows. Linux silently caps the value at
+\.{/proc/sys/net/core/somaxconn} (4096 on this machine), so asking for more
+is harmless and follows the administrator's setting.
+@^IAWLB, departures from@>
+@^Linux dependencies@>
+
+@<Start server listening@>=
+if (listen(listener.get(), 65535) < 0)
+  throw sys_error("listen " + addr_to_string(listen_addr));
+
+@ A balancer holds two descriptors per connection, so the per-process limit on
+open files is its real capacity. Many systems start processes with a soft
+limit of 1024 and a hard limit far higher; the soft limit may be raised up to
+the hard one by the process itself, as HAProxy and nginx do, and we do too.
+The default connection limit is then half of what is left after the
+descriptors the balancer needs for itself (|default_max_conn|).
+
+@<Raise the open-file limit and choose |shared.max_conn|@>=
+rlimit rl;
+if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < usable_file_limit(rl)) {
+  rl.rlim_cur = usable_file_limit(rl);
+  setrlimit(RLIMIT_NOFILE, &rl);
+}
+if (shared.cfg.workers == 0) shared.cfg.workers = cpu_count();
+shared.max_conn = shared.cfg.max_conn ? shared.cfg.max_conn : default_max_conn(shared.cfg.workers);
+if (shared.max_conn == 0)
+  throw std::runtime_error("the open-file limit is too low to relay a single connection");
+@.the open-file limit is too low@>
+
+@ Every destination is resolved once, at start-up. IAWLB resolved its
+destination in the worker for every client, with a blocking |getaddrinfo| that
+could take seconds when DNS was slow, and a worker that could not resolve its
+destination died; here a name that does not resolve stops the program before
+it listens, with a message naming the argument.
+@^IAWLB, departures from@>
+
+@<Resolve every destination@>=
+shared.pool.algorithm = shared.cfg.algorithm;
+shared.pool.backoff_cap = shared.cfg.backoff_max;
+for (@[const Endpoint &d : shared.cfg.dests@])
+  shared.pool.add(resolve(d, "destination"));
+
+@ IAWLB created one thread per destination and stopped silently at 32
+destinations, the value of its macro |MAX_NUM_OF_DEST_PORT|, ignoring the rest
+of the command line.
+We create a fixed number of workers, one per CPU unless \.{--workers} says
+otherwise, each able to reach every destination; the number of destinations is
+limited only by memory. |new_dispatcher| keeps IAWLB's name for the function
+that starts a worker.
+@^IAWLB, departures from@>
+
+@<Create threads@>=
+for (unsigned i = 0; i < shared.cfg.workers; ++i)
+  workers.push_back(std::make_unique<Worker>(shared, i + 1));
+batches.resize(workers.size());
+try {
+  for (@[auto &w : workers@]) new_dispatcher(*w);
+}
+catch (const std::system_error &e) {
+  throw std::runtime_error(std::string("cannot create a worker thread: ") + e.what());
+}
+
+@ The start-up line tells an operator at a glance what is running: the
+version, the address, the number of workers and the connection limit, and the
+destinations as resolved.
+
+@<Log the start-up line@>=
+std::string names;
+for (std::size_t i = 0; i < shared.pool.size(); ++i)
+  names += (i ? ", " : "") + shared.pool[i].name;
+Log(Level::info, "iawlb %s listening on %s, %zu workers, at most %zu clients, "@|
+  "destinations %s", iawlb_version, addr_to_string(listen_addr).c_str(),
+  workers.size(), shared.max_conn, names.c_str());
+@.listening on@>
+
+@* Workers.
+In IAWLB each destination had one worker, a POSIX thread created by
+|new_dispatcher| and running |process_request|. The thread popped a socket,
+resolved and connected to its destination with blocking calls, read one
+request of at most 256\,KiB, sent it, waited up to 31 seconds for one answer,
+sent that back, closed both sockets, slept 50\,ms, and popped the next socket.
+@^IAWLB, departures from@>
+
+That design fails in three ways, each easy to see with two terminals:
+
+\smallskip
+\item{1.} {\it One connection per destination at a time.} With three
+destinations, a fourth client waits until one of the first three has finished,
+however idle they are: open three \.{telnet} sessions through the balancer and
+a fourth gets no service at all. A Redis or database client keeps its
+connection open for hours, so three such clients stop the balancer.
+\item{2.} {\it One exchange per connection.} A protocol where the server
+speaks first (SMTP, MySQL) got nothing, because the worker waited to read the
+client first; a second request on the same connection was never read; an
+answer longer than one |recv| was cut.
+\item{3.} {\it A worker died for good at the first error.} If a destination
+was restarted, its thread called |pthread_exit| on the first refused connect,
+and that destination never got another client; when all threads had died the
+list grew without bound and clients hung.
+\smallskip
+
+\noindent A thread per {\it connection} would fix the first two and is what
+many first servers do, but it spends a thread (a stack, a kernel task, a
+context switch per wake-up) on every idle connection, and does not scale to
+the ten thousand connections a balancer must hold (Kegel's ``C10K problem'').
+So a worker becomes an {\it event loop}: one thread that owns many
+connections, asks the kernel with |epoll_wait| which of their sockets are ready,
+and does on each only the work that will not block. The pool of workers is
+fixed, one per CPU by default, and no worker is tied to a destination: each
+picks a destination for each client (chapter Balancing and failure).
+
+@ {\it Ownership.} The rules that make the worker safe without locks on its
+connections are about who owns what:
+
+\smallskip
+\item{$\bullet$} An accepted socket belongs to exactly one thread at a time. The
+acceptor owns it from |accept4| until it appends it to one worker's |inbox|;
+from then the |SyncedList| owns it, and the worker owns it from the moment it
+drains the inbox. Ownership is carried by a |unique_fd|, which is moved at
+each step, never copied, so at every moment one object will close it.
+\item{$\bullet$} A |Connection| is created, read, written and destroyed by
+one worker thread only. No other thread has a pointer to it. This is why the
+relay needs no lock.
+\item{$\bullet$} A worker's |epoll| instance, buffers and timer lists are its
+own. Only three members of a |Worker| are touched by another thread (the
+acceptor): |inbox|, which has its own lock, |wake|, an |eventfd| whose |write|
+is atomic, and |load|, an atomic counter.
+\item{$\bullet$} What workers share with each other is the |Shared| state:
+the configuration (written once before the threads start, read-only after),
+the destination |Pool| (its own mutex, chapter Balancing and failure), and a
+few atomic counters.
+\smallskip
+
+@ The ownership table, in the form of the style guide: each object, the thread
+that owns it, who else may touch it and how.
+@^lock order@>
+
+\smallskip
+{\def\tbl#1&#2&#3&#4\cr{\hbox to\hsize{\hbox to 1.3in{#1\hfil}\hbox to
+1.15in{#2\hfil}\hbox to 2.1in{#3\hfil}\hbox{#4}\hfil}}
+\tbl{\bf object}&{\bf owner}&{\bf others}&{\bf protected by}\cr
+\tbl|Config| in |Shared|&main thread&every thread reads&immutable after start\cr
+\tbl|Pool| of destinations&|Balancer|&every worker&|Pool::m_| (a leaf lock)\cr
+\tbl|SyncedList| |inbox|&its |Worker|&acceptor enqueues&|SyncedList::m_|\cr
+\tbl|Worker::wake|&its |Worker|&acceptor writes&atomic |eventfd| counter\cr
+\tbl|Worker::load|&its |Worker|&acceptor reads, adds&|std::atomic|\cr
+\tbl|Shared::active|&acceptor&workers subtract&|std::atomic|\cr
+\tbl|Connection|&one worker&nobody&single owner\cr
+\tbl listening socket&acceptor&nobody&single owner\cr
+}
+\smallskip
+
+\noindent No thread ever holds two of these locks at once: |Pool::m_| and
+|SyncedList::m_| are each taken for a few instructions and released before any
+other lock or any system call. With no nesting there is no lock order to get
+wrong, and no deadlock is possible.
+
+@ A |Worker| holds what the acceptor needs to reach it, then the state of its
+event loop. Its constructor creates the |eventfd| and the |epoll| instance and
+registers the first with the second, marked by a zero in |data.u64|; no
+connection has that mark (|@<Decode the event...@>|).
+
+@<Members of |Worker|@>=
+Shared &shared;
+unsigned id; /* 1, 2, \dots, for the log */
+SyncedList<Accepted> inbox; /* sockets the acceptor has given to this worker */
+unique_fd wake; /* |eventfd|, written when |inbox| becomes non-empty or |shared.phase| changes */
+std::atomic<std::size_t> load = 0; /* connections owned plus sockets in |inbox| */
+std::thread thread;
+@#
+Worker(Shared &s, unsigned i)@/
+  @[: shared(s), id(i)@]@+{@+ open();@+}
+void open()
+{
+  wake.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  ep.reset(epoll_create1(EPOLL_CLOEXEC));
+  if (!wake || !ep) throw sys_error("eventfd or epoll_create1");
+  epoll_event ev = epoll_event();
+  ev.events = EPOLLIN;
+  ev.data.u64 = 0;
+  if (epoll_ctl(ep.get(), EPOLL_CTL_ADD, wake.get(), &ev) < 0)
+    throw sys_error("epoll_ctl for eventfd");
+}
+
+@ A worker's thread is normally joined by the acceptor at the end
+(chapter Signals and graceful end). The destructor covers the other case: the
+balancer failed to start after some workers were running (say, the third
+|std::thread| could not be created). Destroying a joinable |std::thread|
+calls |std::terminate|, so the destructor asks the thread to stop and joins
+it.
+
+@<Members of |Worker|@>=
+~Worker()@+{@+ stop();@+}
+void stop()
+{
+  if (thread.joinable()) {
+    shared.phase = Phase::aborting;
+    notify();
+    thread.join();
+  }
+}
+void notify()
+{
+  std::uint64_t one = 1;
+  while (write(wake.get(), &one, sizeof one) < 0 && errno == EINTR) continue;
+}
+
+@ These members belong to the worker's thread alone. Connections are owned by
+|conns| through |unique_ptr|; each knows its index there (|slot|), so that
+removing one is a swap with the last and a |pop_back|. The four intrusive
+lists do not own anything: they thread the same |Connection| objects in the
+orders the timers and the relay need (|@<Intrusive lists@>|).
+
+@<Members of |Worker|@>=
+unique_fd ep; /* the |epoll| instance */
+std::vector<std::unique_ptr<Connection>> conns; /* every connection owned */
+std::vector<std::unique_ptr<Connection>> graveyard; /* closed in this round */
+List<Connection, TimerTag> queued, connecting, relaying; /* each by deadline */
+List<Connection, ReadyTag> ready; /* relaying, with work left for the next round */
+std::vector<Connection *> round; /* scratch for |run_ready| */
+BufferPool buffers;
+Time now = 0; /* the clock, read once per round */
+Time retry_at = 0; /* when clients in |queued| may ask the pool again */
+bool draining = false; /* the balancer is ending: leave when |conns| is empty */
+static constexpr int max_events = 256;
+epoll_event events[max_events];
+
+@ IAWLB's |new_dispatcher| created a thread with |pthread_create| and passed
+it a pointer to its |thr_info| record; the thread's function was
+|process_request|. We keep both names and that shape, with |std::thread|,
+which throws |std::system_error| when the thread cannot be created.
+
+@<Start and run a worker@>=
+void process_request(Worker *w);
+void new_dispatcher(Worker &w)
+{
+  w.thread = std::thread(process_request, &w);
+}
+
+@ |process_request| is the thread's body. It names the thread (\.{top -H}
+and \.{gdb} show the name, and so does every log line), runs the event loop,
+and tells the acceptor when it is over. Nothing may escape a thread's function
+(an uncaught exception there ends the process), so an error is caught, logged,
+and recorded in |shared.failed|, which makes the acceptor end the balancer
+with exit status~1. Such an error means a bug or a broken system
+(|epoll_wait| failing with |EBADF|, |std::bad_alloc|), not a failed
+destination: those are ordinary outcomes handled inside the loop.
+@.worker stopped@>
+
+@<Start and run a worker@>=
+void process_request(Worker *w)
+{
+  set_thread_name(("worker-" + std::to_string(w->id)).c_str());
+  try {
+    w->loop();
+  }
+  catch (const std::exception &e) {
+    Log(Level::error, "worker stopped: %s", e.what());
+    w->shared.failed = true;
+  }
+  ++w->shared.workers_done;
+  w->shared.notify_acceptor();
+}
+
+@ {\it The event loop.} Each turn of the loop is a {\it round}: wait for
+events, note the clock, handle every event, give more time to the connections
+that had to stop early, expire timers, serve waiting clients, and free what
+was closed. The loop ends when the balancer is draining and this worker has
+no connection left.
+
+Freeing closed connections only at the end of the round matters.
+|epoll_wait| returns up to 256 events at once, and a connection may appear
+twice among them, once for its client socket and once for its server socket.
+If handling the first event closed the connection and deleted it, the second
+event would hold a dangling pointer. So |finish| moves a closed connection to
+|graveyard| and marks it |closed|; later events of the round see the mark and
+do nothing, and |graveyard.clear()| frees them all when no event refers to
+them any more. Redis's \.{ae.c} meets the same problem with its
+``re-entrancy'' comments.
+
+@<Members of |Worker|@>=
+void loop()
+{
+  while (!(draining && conns.empty())) {
+    int n = epoll_wait(ep.get(), events, max_events, next_timeout());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw sys_error("epoll_wait");
+    }
+    now = now_us();
+    for (int i = 0; i < n; ++i) handle(events[i]);
+    run_ready();
+    expire();
+    if (!queued.empty() && now >= retry_at) dispatch_queue();
+    graveyard.clear();
+  }
+}
+
+@ {\it Waking up.} The acceptor writes to |wake| in two cases: the inbox went
+from empty to non-empty, or the balancer's phase changed. The worker reads
+the counter (which resets it), reads the phase, then drains the inbox.
+
+Why no wake-up is lost: the acceptor writes to |wake| exactly when its
+|enqueue| returns~0, that is, when the list was empty before. If the list was
+not empty, an earlier |enqueue| made it non-empty and wrote to |wake|; the
+worker has not yet drained those items, and every read of |wake| is followed
+by a drain, so that drain will take the new items too. A write that finds the
+worker awake is not lost either: an |eventfd| keeps its count until read, and
+|epoll| reports it on the next call.
+
+The order ``phase, then drain'' matters at the end. The acceptor closes every
+inbox {\it before} it changes the phase. A worker that reads the new phase and
+then drains is therefore certain to get every socket ever enqueued for it, and
+may stop once its connections are done (chapter Signals and graceful end).
+
+@<Members of |Worker|@>=
+void on_wake()
+{
+  std::uint64_t count;
+  while (read(wake.get(), &count, sizeof count) < 0 && errno == EINTR) continue;
+  Phase phase = shared.phase;
+  @<Take the sockets waiting in the inbox@>@;
+  if (phase != Phase::running) draining = true;
+  if (phase == Phase::aborting) abort_all();
+}
+
+@ This is IAWLB's ``Wait for a pushed socket'', which was
+|while (!accepted_sock.pop(&sockcaller));|: one blocking |pop| at a time. The
+worker takes the whole batch in one |drain| and adopts each socket.
+
+@<Take the sockets waiting in the inbox@>=
+std::list<Accepted> batch = inbox.drain();
+for (@[Accepted &a : batch@]) adopt(a);
+
+@ {\it A connection} is the pair of sockets, client side and server side, and
+the state of the two directions between them (chapter The relay). It is in
+one of four states:
+
+\smallskip
+\item{} |queued|: accepted, waiting for a usable destination (or for a free
+descriptor);
+\item{} |connecting|: a non-blocking |connect| to a destination is under way;
+\item{} |relaying|: both sockets are open and bytes flow;
+\item{} |closed|: finished, waiting in |graveyard| for the end of the round.
+\smallskip
+
+\noindent From |connecting| a failed connect goes back to |queued| or on to
+another destination (|connecting| again); every state can go to |closed|. In
+each of the first three states the connection sits in the timer list of the
+same name, ordered by deadline, so one timer list per state tells the loop
+when to wake.
+
+@<Connection record@>=
+enum class State : std::uint8_t {@+ queued, connecting, relaying, closed@+};
+enum class End : std::uint8_t {@/
+  done, client_error, server_error, idle_timeout, queue_timeout,
+  no_resources, shutdown@/
+};
+struct TimerTag;
+struct ReadyTag;
+struct Connection : Link<TimerTag>, Link<ReadyTag> {@/
+  Peer client, server;@/
+  Half up; /* client to server */
+  Half down; /* server to client */
+  State state = State::queued;@/
+  int dest = -1; /* index in the pool, or $-1$ */
+  int error = 0; /* the |errno| that ended it */
+  std::size_t slot = 0; /* index in the owner's |conns| */
+  Time key = 0; /* the time its deadline counts from */
+  Time accepted = 0, connected = 0;@/
+  SockAddr from; /* the client's address */
+};
+
+@ What the acceptor puts in an inbox: the socket and the client's address,
+which |accept4| gave for free and which the log needs.
+
+@<Connection record@>=
+struct Accepted {@/
+  unique_fd fd;@/
+  SockAddr from;@/
+};
+
+@ Adopting an accepted socket creates its |Connection|, registers the client
+socket with |epoll|, and dispatches it (chapter Balancing and failure). If
+|epoll_ctl| fails (the kernel's limit on watched descriptors, or memory), the
+client is closed: there is no way to serve a socket we cannot watch.
+
+@<Members of |Worker|@>=
+void adopt(Accepted &a)
+{
+  conns.push_back(std::make_unique<Connection>());
+  Connection &c = *conns.back();
+  c.slot = conns.size() - 1;
+  c.client.fd = std::move(a.fd);
+  c.from = a.from;
+  c.accepted = now;
+  if (!watch(c, c.client, 0)) {
+    Log(Level::warn, "epoll_ctl for client %s: %s", addr_to_string(c.from).c_str(),
+      std::strerror(errno));
+@.epoll\_ctl for client@>
+    finish(c, End::no_resources);
+    return;
+  }
+  dispatch(c);
+}
+
+@ {\it Edge-triggered registration.} Each socket is registered once, for
+reading, writing and the peer's half-close, with |EPOLLET|, and never
+modified. In the default, level-triggered mode, |epoll| reports a socket as
+long as it is readable; a relay that must stop reading (because the other
+side is full) would have to remove the interest with |epoll_ctl| and add it
+back later, two system calls each time. In edge-triggered mode, |epoll|
+reports a {\it change}: new data arrived, space appeared in the send buffer.
+The worker remembers the news in two flags per socket, |readable| and
+|writable|, and clears a flag only when the socket says it has nothing more
+(|EAGAIN|, or a short read or write, |@<Receive from...@>|).
+That costs no system call at all when the relay pauses.
+
+The event's |data| field carries the |Connection| pointer with its lowest bit
+telling the side: 0 for the client, 1 for the server. The bit is free because
+a |Connection| is aligned to 8 bytes.
+
+@<Members of |Worker|@>=
+bool watch(Connection &c, Peer &p, std::uintptr_t side)
+{
+  epoll_event ev = epoll_event();
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.data.u64 = reinterpret_cast<std::uintptr_t>(&c) | side;
+  return epoll_ctl(ep.get(), EPOLL_CTL_ADD, p.fd.get(), &ev) == 0;
+}
+
+@ {\it Handling an event.} Zero is the |wake| descriptor. Otherwise the event
+names a connection and a side; a connection already closed in this round is
+skipped, as explained above. The readiness is noted first, whatever the
+state; what to do with it depends on the state.
+
+An error or a hang-up (|EPOLLERR|, |EPOLLHUP|) marks the socket readable {\it
+and} writable: the next |recv| or |send| will return the error (or the last
+bytes and then the end of the stream), and the relay deals with it there, in
+one place, rather than here.
+
+@<Members of |Worker|@>=
+void handle(const epoll_event &ev)
+{
+  if (ev.data.u64 == 0) {
+    on_wake();
+    return;
+  }
+  @<Decode the event into |c| and |at_server|; |return| if |c| is closed@>@;
+  Peer &p = at_server ? c.server : c.client;
+  if (ev.events & (EPOLLERR | EPOLLHUP)) p.readable = p.writable = p.rdhup = true;
+  if (ev.events & EPOLLIN) p.readable = true;
+  if (ev.events & EPOLLRDHUP) p.readable = p.rdhup = true;
+  if (ev.events & EPOLLOUT) p.writable = true;
+  @<Act on the event according to |c.state|@>@;
+}
+
+@ @<Decode the event...@>=
+Connection &c = *reinterpret_cast<Connection *>(ev.data.u64 & ~std::uint64_t(1));
+bool at_server = ev.data.u64 & 1;
+if (c.state == State::closed) return;
+
+@ A relaying connection moves bytes. A connecting one learns from its server
+socket whether the |connect| worked. In the two waiting states the client's
+bytes stay in the kernel until there is a destination to send them to; only a
+client that is gone (reset, or closed in both directions) ends the wait.
+A client that merely half-closed (as \.{echo x \pipe\ nc} does) still wants its
+answer, so |EPOLLRDHUP| alone does not end it.
+
+@<Act on the event...@>=
+bool gone = ev.events & (EPOLLERR | EPOLLHUP);
+switch (c.state) {
+case State::relaying: pump(c);@+ break;
+case State::connecting:
+  if (at_server) connect_done(c, ev.events);
+  else if (gone) finish(c, End::client_error);
+  break;
+case State::queued:@+ if (gone) finish(c, End::client_error);
+  break;
+case State::closed:@+ break;
+}
+
+@ {\it Closing.} |finish| is the one way a connection ends. It logs the
+connection (with \.{-v}), gives its destination back to the pool, closes both
+sockets, returns its buffers, takes it off every list, and moves it to the
+graveyard.
+
+When the connection ends on an error (one side reset it, or a |send| failed),
+the other side is closed with an {\it abortive} close: |SO_LINGER| with a zero
+timeout makes |close| send a reset instead of a normal end of stream. A client
+whose download was cut must not take the truncated file for a complete one,
+and a normal close would tell it exactly that. Ends that are not errors (the
+idle timeout, the end of the grace period) close normally.
+
+@<Members of |Worker|@>=
+void finish(Connection &c, End why)
+{
+  @<Log the finished connection if |-v| was given@>@;
+  @<Tell the pool that |c| no longer uses its destination@>@;
+  if (why == End::client_error || why == End::server_error) {
+    close_with_reset(c.client.fd);
+    close_with_reset(c.server.fd);
+  }
+  c.client.fd.reset();
+  c.server.fd.reset();
+  buffers.give(c.up.buf);
+  buffers.give(c.down.buf);
+  List<Connection, TimerTag>::remove_if_linked(&c);
+  List<Connection, ReadyTag>::remove_if_linked(&c);
+  c.state = State::closed;
+  --load;
+  shared.client_closed();
+  @<Move |c| from |conns| to |graveyard|@>@;
+}
+
+@ @<Move |c| from |conns| to |graveyard|@>=
+std::size_t i = c.slot;
+graveyard.push_back(std::move(conns[i]));
+if (i + 1 != conns.size()) {
+  conns[i] = std::move(conns.back());
+  conns[i]->slot = i;
+}
+conns.pop_back();
+
+@ A connect under way is not the destination's fault if it is abandoned (the
+client left, or the balancer is ending): the pool just forgets the pick. A
+relaying connection gives back its place in the count of active connections,
+with its byte counts for the statistics.
+
+@<Tell the pool...@>=
+if (c.dest >= 0) {
+  if (c.state == State::connecting) shared.pool.abandon(c.dest);
+  else shared.pool.release(c.dest, c.up.bytes, c.down.bytes);
+}
+
+@ With \.{-v}, each connection leaves one line when it ends, in the spirit of
+HAProxy's \.{tcplog}: who, where to, how it ended, bytes each way (``up'' is
+client to server), the time until the destination answered the |connect|
+(queueing and retries included), and the whole duration. The line is
+formatted by the worker itself without any lock (chapter Logging).
+@.-v, line per connection@>
+
+@<Log the finished...@>=
+if (shared.cfg.verbose) {
+  double waited = c.connected ? (c.connected - c.accepted) / 1000.0 : -1;
+  std::string to = c.dest >= 0 ? shared.pool[c.dest].name : "-";
+  Log(Level::info, "%s -> %s %s up %llu down %llu connect %.1f ms total %.1f ms%s%s",
+    addr_to_string(c.from).c_str(), to.c_str(), end_name(why),
+    (unsigned long long) c.up.bytes, (unsigned long long) c.down.bytes, waited,
+    (now - c.accepted) / 1000.0, c.error ? " " : "", c.error ? std::strerror(c.error) : "");
+}
+
+@ The names of the ways a connection ends, as they appear in that line.
+
+@<Functions@>=
+const char *end_name(End e)
+{
+  switch (e) {
+  case End::done: return "done";
+  case End::client_error: return "client-error";
+  case End::server_error: return "server-error";
+  case End::idle_timeout: return "idle-timeout";
+  case End::queue_timeout: return "queue-timeout";
+  case End::no_resources: return "no-resources";
+  case End::shutdown: return "shutdown";
+  }
+  return "?";
+}
+
+@ @<Functions@>=
+void close_with_reset(unique_fd &fd)
+{
+  if (!fd) return;
+  linger l = linger();
+  l.l_onoff = 1;
+  l.l_linger = 0;
+  setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+@ When the balancer is aborting (a second signal, or the grace period is
+over), a worker finishes all its connections at once.
+
+@<Members of |Worker|@>=
+void abort_all()
+{
+  while (!conns.empty()) finish(*conns.back(), End::shutdown);
+}
+
+@ {\it Timers.} A balancer needs three timeouts per connection: how long a
+|connect| may take, how long a connection may stay idle, and how long a client
+may wait for a destination. A general timer structure (a heap, a wheel) is
+not needed, because each timeout is the {\it same} for every connection. If
+every connection in a list started its wait at time |key| and all wait the
+same |timeout|, then a list kept in the order of |key| is also in the order of
+deadlines, and appending at the back keeps that order as long as |key| is the
+current time. The earliest deadline is at the front; expiring is popping from
+the front; a wait that starts over (new bytes moved) is an unlink and an
+append, both constant-time.
+
+The queue is the one exception: its deadline counts from the time the client
+was {\it accepted}, and a client that failed a connect comes back to it with
+an older key than clients queued since. |wait_for_destination| inserts it in
+order (|@<Intrusive lists@>|); the walk is short, because such a
+client belongs near the front.
+
+@<Members of |Worker|@>=
+Connection *due(List<Connection, TimerTag> &l, Time timeout)
+{
+  Connection *c = l.front();
+  return c && timeout > 0 && c->key + timeout <= now ? c : nullptr;
+}
+void expire()
+{
+  const Config &cfg = shared.cfg;
+  while (Connection *c = due(connecting, cfg.connect_timeout)) connect_failed(*c, ETIMEDOUT);
+  while (Connection *c = due(relaying, cfg.idle_timeout)) finish(*c, End::idle_timeout);
+  while (Connection *c = due(queued, cfg.queue_timeout)) finish(*c, End::queue_timeout);
+}
+
+@ Each of those loops ends because each of its steps takes the front
+connection off its list. |finish| obviously does; |connect_failed| does too,
+and if it starts a new |connect| for the same client, the client goes to the
+{\it back} of |connecting| with a fresh key, which is not due.
+
+The time |epoll_wait| may sleep is the distance to the earliest deadline of
+the three lists, or to |retry_at| if clients are waiting for a destination,
+or zero if some connection has work left from the last round (|ready|). With
+nothing to wait for, it sleeps until an event arrives ($-1$). The distance is
+rounded {\it up} to whole milliseconds, so the loop never wakes a little
+before a deadline only to find nothing due.
+
+@<Members of |Worker|@>=
+void earliest(Time &t, List<Connection, TimerTag> &l, Time timeout)
+{
+  if (timeout > 0 && !l.empty()) t = std::min(t, l.front()->key + timeout);
+}
+int next_timeout()
+{
+  if (!ready.empty()) return 0;
+  Time t = forever;
+  earliest(t, connecting, shared.cfg.connect_timeout);
+  earliest(t, relaying, shared.cfg.idle_timeout);
+  earliest(t, queued, shared.cfg.queue_timeout);
+  if (!queued.empty()) t = std::min(t, retry_at);
+  if (t == forever) return -1;
+  Time left = (t - now_us() + 999) / 1000;
+  return int(std::max(Time(0), std::min(left, Time(3600 * 1000))));
+}
+
+@ A connection that moved bytes has its idle deadline pushed back. To avoid
+relinking on every one of thousands of small reads, it is relinked only when
+its key is at least a millisecond old; the deadline is then at most one
+millisecond early, which nobody can tell from an idle timeout of minutes.
+
+@<Members of |Worker|@>=
+void touch(Connection &c)
+{
+  if (now - c.key < msec) return;
+  List<Connection, TimerTag>::remove(&c);
+  c.key = now;
+  relaying.push_back(&c);
+}
+
+@ {\it Intrusive lists.} The timer lists and the ready list must unlink a
+connection from the middle in constant time, and must not allocate. A
+|std::list<Connection *>| would allocate a node per insertion; instead the
+links live {\it in} the connection, which derives from one |Link| per kind of
+list (the |Tag| tells them apart), so a connection can be in one timer list
+and in the ready list at once. The list has a sentinel |head_| and is
+circular, so insertion and removal have no special cases. A link whose |next|
+is null is in no list.
+
+Converting a |Link<Tag>| back to its |Connection| is a |static_cast| from a
+base class to the derived class, which is defined behaviour because every
+|Link| in such a list is a base of a |T|, except the sentinel, which is never
+converted.
+
+@<Intrusive lists@>=
+template <typename Tag>@/
+struct Link {@/
+  Link *prev = nullptr;@/
+  Link *next = nullptr;@/
+};
+template <typename T, typename Tag>@/
+class List {@/
+public:@/
+  List()@+{@+ head_.prev = head_.next = &head_;@+}
+  List(const List &) = @[delete@];@/
+  List &operator=(const List &) = @[delete@];@/
+  bool empty() const@+{@+ return head_.next == &head_;@+}
+  T *front() const@+{@+ return empty() ? nullptr : static_cast<T *>(head_.next);@+}
+  void push_back(T *x)@+{@+ insert_before(&head_, x);@+}
+  @<Insert |x| in the order of |key|@>@;
+  @<Remove |x| from its list@>@;
+private:@/
+  void insert_before(Link<Tag> *pos, Link<Tag> *l)
+  {
+    l->prev = pos->prev;
+    l->next = pos;
+    pos->prev->next = l;
+    pos->prev = l;
+  }
+  Link<Tag> head_;@/
+};
+
+@ @<Insert |x| in the order of |key|@>=
+void insert_sorted(T *x)
+{
+  Link<Tag> *pos = &head_;
+  while (pos->prev != &head_ && static_cast<T *>(pos->prev)->key > x->key)
+    pos = pos->prev;
+  insert_before(pos, x);
+}
+
+@ Removal needs only the element, not the list, so it is |static|.
+
+@<Remove |x|...@>=
+static bool linked(T *x)@+{@+ return static_cast<Link<Tag> *>(x)->next != nullptr;@+}
+static void remove(T *x)
+{
+  Link<Tag> *l = x;
+  l->prev->next = l->next;
+  l->next->prev = l->prev;
+  l->prev = l->next = nullptr;
+}
+static void remove_if_linked(T *x)
+{
+  if (linked(x)) remove(x);
+}
+
+@ Exercises.
+
+\smallskip
+\item{1.} Make |finish| delete the connection at once instead of moving it to
+|graveyard|, build with \.{make check-asan}, and run the integration tests.
+Which test catches the use after free, and what does AddressSanitizer's
+report say about the two events?
+\item{2.} Register sockets without |EPOLLET| and keep everything else. What
+does \.{strace -c -f ./iawlb ...} show for a download of 64\,MiB through a
+client that reads slowly? Explain the count of |epoll_wait| calls.
+\item{3.} Give each connection its own thread, as a first server would, and
+open 10,000 idle connections (the integration tests show how). Compare the
+balancer's memory (\.{VmRSS} in \.{/proc/PID/status}) and thread count with
+the event loop's.
+\item{4.} Replace the three timer lists by one |std::multimap| from deadline to
+connection. What does each operation cost now, and what changes when the
+connect timeout is made different for each destination?
+\smallskip
+
+@* The relay.
+IAWLB's ``Pipe the data (bidirectionally)'' was one |recv| from the client
+into a 256\,KiB array on the worker's stack, a loop of |send| to the
+destination, a |poll| of up to 31 seconds for the answer, one |recv| of the
+answer, and a loop of |send| back to the client. Its send loops added the
+result of |send| to a counter without checking it for $-1$, so a failed
+|send| moved the counter {\it backwards} and the loop could spin; and they
+sent the whole buffer from its start again after a partial send, so a short
+send duplicated bytes. A TCP connection is not a request and an answer: it is
+two independent byte streams, one each way, either of which may pause, end
+early or go on for days.
+@^IAWLB, departures from@>
+
+The relay in this chapter treats it so. Each direction is a |Half|: bytes read
+from one socket and not yet written to the other. The two halves move
+independently. Four rules keep the relay exact:
+
+\smallskip
+\item{1.} {\it Every byte once, in order.} A |Half| holds a buffer with a
+window |[head, tail)| of bytes read but not yet sent. A partial |send| moves
+|head| forward; only when the window is empty does the half read again.
+\item{2.} {\it Backpressure.} A half reads only when its window is empty, so
+at most one buffer per direction is in flight. If the receiver stops reading,
+its socket's send buffer fills, |send| reports |EAGAIN|, the half stops
+reading, the sender's data stays in the kernel, and TCP's flow control tells
+the sender to stop. A client that never reads cannot make the balancer grow.
+\item{3.} {\it Half-close travels through.} When one side ends its stream
+(|recv| returns~0) and the window is empty, the balancer ends the same
+direction on the other socket with |shutdown(fd, SHUT_WR)|, and the other
+direction keeps flowing. The connection is over when both directions have
+ended, not before.
+\item{4.} {\it An error ends both.} A reset or any other error on either side
+closes both sockets, the other one with a reset (|finish|).
+\smallskip
+
+@ A |Peer| is one socket with what the worker knows about it: whether it may
+be readable or writable (the edge-triggered flags of
+described with |watch|), and whether the peer has announced
+the end of its stream with |EPOLLRDHUP|.
+
+@<Peers and halves@>=
+struct Peer {@/
+  unique_fd fd;@/
+  bool readable = false, writable = false;@/
+  bool rdhup = false; /* the peer's end of stream has been announced */
+};
+
+@ A |Half| is one direction. Its buffer is null while no byte is in flight:
+an idle connection holds no buffer at all, only its |Connection| record of a
+couple of hundred bytes. That is how the balancer holds thousands of idle
+connections in little memory.
+
+@<Peers and halves@>=
+struct Half {@/
+  Buffer buf; /* null when empty */
+  std::uint32_t head = 0, tail = 0; /* |buf[head..tail)| waits to be sent */
+  bool eof = false; /* the source ended its stream */
+  bool shut = false; /* we have shut down the destination's writing side */
+  std::uint64_t bytes = 0; /* moved so far */
+};
+
+@ {\it Buffers.} A relay buffer is 64\,KiB, which lets one system call move
+64\,KiB when that much is waiting (a smaller buffer means more calls per byte
+on a fast stream, a larger one more memory per busy connection). Buffers are
+taken from a per-worker pool when data arrives and given back the moment the
+window empties, so only connections with bytes in flight hold one. The pool
+keeps a few spare buffers so that a busy worker does not call the allocator
+twice per read; beyond |spare_max| they are freed. The pool belongs to one
+worker, so it needs no lock.
+
+@<Relay buffers@>=
+using Buffer = std::unique_ptr<char[]>;
+constexpr std::size_t buffer_size = 64 * 1024;
+constexpr std::size_t spare_max = 16;
+class BufferPool {@/
+public:@/
+  Buffer take()
+  {
+    if (spare_.empty()) return std::make_unique<char[]>(buffer_size);
+    Buffer b = std::move(spare_.back());
+    spare_.pop_back();
+    return b;
+  }
+  void give(Buffer &b)
+  {
+    if (b && spare_.size() < spare_max) spare_.push_back(std::move(b));
+    b.reset();
+  }
+private:@/
+  std::vector<Buffer> spare_;@/
+};
+
+@ {\it Pumping a connection.} |pump| runs the two halves, client to server
+(|up|) and server to client (|down|), and then looks at the outcome. An error
+on a socket ends the connection, and the log names the side whose socket
+failed. When both halves have forwarded their end of stream, the connection
+is done. If either half stopped only because it used up its share of this
+round (|Flow::more|, see |round_budget| below), the connection goes on
+the ready list to continue in the next round.
+
+@<Members of |Worker|@>=
+void pump(Connection &c)
+{
+  std::uint64_t before = c.up.bytes + c.down.bytes;
+  Flow up = relay(c, c.up, c.client, c.server);
+  if (up == Flow::src_error || up == Flow::dst_error) {
+    finish(c, up == Flow::src_error ? End::client_error : End::server_error);
+    return;
+  }
+  Flow down = relay(c, c.down, c.server, c.client);
+  if (down == Flow::src_error || down == Flow::dst_error) {
+    finish(c, down == Flow::src_error ? End::server_error : End::client_error);
+    return;
+  }
+  if (c.up.shut && c.down.shut) {
+    finish(c, End::done);
+    return;
+  }
+  if (c.up.bytes + c.down.bytes != before) touch(c);
+  if ((up == Flow::more || down == Flow::more) && !List<Connection, ReadyTag>::linked(&c))
+    ready.push_back(&c);
+}
+
+@ @<Peers and halves@>=
+enum class Flow {@+ idle, more, src_error, dst_error@+};
+
+@ {\it Relaying one direction.} The loop alternates two steps until neither
+can go on: if the window holds bytes, send them; if it is empty, read more.
+It stops when the destination is full, when the source has nothing more for
+now or has ended its stream, or when this round's share is used up. After
+the loop, an empty window gives its buffer back, and a source that has ended
+its stream has that end forwarded.
+
+@<Members of |Worker|@>=
+Flow relay(Connection &c, Half &h, Peer &src, Peer &dst)
+{
+  std::size_t budget = round_budget;
+  for (;;) {
+    if (h.head < h.tail) {
+      @<Send what |h| holds to |dst|; |break| if |dst| is full, |return| on error@>@;
+    }
+    else if (h.eof || !src.readable) break;
+    else if (budget == 0) return Flow::more;
+    else {
+      @<Receive from |src| into |h|; |break| if nothing is there, |return| on error@>@;
+    }
+  }
+  @<Give back an empty buffer and forward an end of stream@>@;
+  return Flow::idle;
+}
+
+@ The outcomes of |send| on a non-blocking socket, and what each means here:
+
+\smallskip
+\item{$\bullet$} $n>0$: $n$ bytes were accepted, perhaps fewer than offered. A
+short send means the socket's send buffer is full: the destination is marked
+not writable, and |EPOLLOUT| will tell when it has room again.
+\item{$\bullet$} |EAGAIN| (or |EWOULDBLOCK|): the buffer was already full;
+same as above.
+\item{$\bullet$} |EINTR|: a signal interrupted the call before it sent
+anything; try again. (Our signals are blocked, but a debugger or |SIGSTOP|
+can still interrupt system calls.)
+\item{$\bullet$} |EPIPE|, |ECONNRESET| and anything else: the destination
+is gone; the connection ends. |MSG_NOSIGNAL| makes |send| return |EPIPE|
+instead of raising |SIGPIPE|, whose default action would kill the whole
+process, every other connection with it.
+\smallskip
+
+@<Send what |h| holds...@>=
+if (!dst.writable) break;
+ssize_t n = send(dst.fd.get(), h.buf.get() + h.head, h.tail - h.head, MSG_NOSIGNAL);
+if (n < 0) {
+  if (errno == EINTR) continue;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    dst.writable = false;
+    break;
+  }
+  c.error = errno;
+  return Flow::dst_error;
+}
+if (std::uint32_t(n) < h.tail - h.head) dst.writable = false;
+h.head += std::uint32_t(n);
+if (h.head == h.tail) h.head = h.tail = 0;
+
+@ The outcomes of |recv|:
+
+\smallskip
+\item{$\bullet$} $n>0$: $n$ bytes arrived and form the new window. If fewer
+than a buffer's worth came, the socket's receive queue is empty now; with
+edge-triggered |epoll| the next byte to arrive will bring a new event, so the
+source is marked not readable, which saves the |recv| that would only say
+|EAGAIN|. The exception is a source whose end of stream has been announced
+(|rdhup|): the end itself brings no new event, so we go on reading until
+|recv| returns~0.
+\item{$\bullet$} 0: the source has ended its stream (it sent FIN).
+\item{$\bullet$} |EAGAIN|: nothing is there yet.
+\item{$\bullet$} |EINTR|: try again.
+\item{$\bullet$} |ECONNRESET| and others: the source is gone.
+\smallskip
+
+@<Receive from |src|...@>=
+if (!h.buf) h.buf = buffers.take();
+ssize_t n = recv(src.fd.get(), h.buf.get(), buffer_size, 0);
+if (n > 0) {
+  h.tail = std::uint32_t(n);
+  h.bytes += std::uint64_t(n);
+  budget -= std::min(budget, std::size_t(n));
+  if (std::size_t(n) < buffer_size && !src.rdhup) src.readable = false;
+}
+else if (n == 0) h.eof = true;
+else if (errno == EINTR) continue;
+else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+  src.readable = false;
+  break;
+}
+else {
+  c.error = errno;
+  return Flow::src_error;
+}
+
+@ When the window is empty its buffer goes back to the pool. When, in
+addition, the source has ended its stream, the destination is told with
+|shutdown(SHUT_WR)|: it reads the end of stream after the last byte, exactly
+as if the source were connected to it directly. Its other direction is not
+affected; a server that answers after the client's end of stream (as a
+\.{wc} over the network would) still gets its answer through.
+
+|shutdown| can fail with |ENOTCONN| if the destination has just reset the
+connection. We ignore that: the reset will be reported on the next event of
+that socket, and handled there.
+
+@<Give back an empty buffer...@>=
+if (h.head == h.tail) buffers.give(h.buf);
+if (h.eof && h.head == h.tail && !h.shut) {
+  shutdown(dst.fd.get(), SHUT_WR);
+  h.shut = true;
+}
+
+@ {\it Fairness.} A worker serves many connections from one thread, so no
+connection may keep it for long. On a fast stream both sockets stay ready, and
+the loop above would move bytes until the stream ends, gigabytes later, while
+every other connection of the worker waits. So each direction may read at
+most |round_budget| bytes per round (1\,MiB, sixteen buffers: the cost of the
+|epoll_wait| that follows is then a small fraction of the copying). A half
+that stops on its budget returns |Flow::more| and the connection goes on
+|ready|; the next round does not sleep in |epoll_wait| (its timeout is~0) and
+pumps the ready connections after the new events. Edge-triggered mode makes
+this list necessary: the kernel will not report those sockets again, since
+nothing about them has changed.
+
+@<Relay buffers@>=
+constexpr std::size_t round_budget = 16 * buffer_size;
+
+@ |run_ready| takes the whole ready list first, then pumps, so that
+connections that go back on the list during this pass wait for the next
+round instead of running forever in this one. A connection is pumped only if
+it is still relaying: the events of this round may have closed it.
+
+@<Members of |Worker|@>=
+void run_ready()
+{
+  round.clear();
+  while (Connection *c = ready.front()) {
+    List<Connection, ReadyTag>::remove(c);
+    round.push_back(c);
+  }
+  for (@[Connection *c : round@])
+    if (c->state == State::relaying) pump(*c);
+}
+
+@ Exercises.
+
+\smallskip
+\item{1.} Remove the |shutdown| in |@<Give back an empty buffer...@>|
+and predict what \.{echo x \pipe\ nc 127.0.0.1 8080} prints in front of an echo
+server. Then try it. Which integration test fails?
+\item{2.} Change |buffer_size| to 4\,KiB and to 1\,MiB and run \.{make
+bench}. Plot throughput against buffer size. Where does the curve flatten, and
+why does memory per idle connection not change?
+\item{3.} Linux can move bytes between two sockets without copying them
+through user memory: |splice| from the source socket into a pipe and from the
+pipe to the destination socket. Sketch the changes to |Half|. What happens to
+memory per idle connection if each connection keeps its two pipes open?
+\item{4.} Our relay reads only when the window is empty. Let it read into the
+free end of the buffer while the window is not empty. Does it move bytes
+faster? Does backpressure still hold?
+\smallskip
+
+\noindent Further reading: RFC~9293 (TCP), section~3.6 on closing a
+connection and half-close; W.~R.~Stevens, {\sl UNIX Network Programming},
+vol.~1, chapter~6 on |shutdown| and chapter~16 on non-blocking I/O; the
+manual pages {\tt epoll(7)}, {\tt send(2)}, {\tt recv(2)}, {\tt socket(7)}
+on |SO_LINGER|.
+
+@* Balancing and failure.
+IAWLB had no choice to make: the socket went to whichever worker popped it
+first, and each worker had one destination, so the spread of clients over
+destinations followed the speed of the threads. A destination that refused a
+connect killed its thread and was never used again, and the client that met
+the refusal was simply closed.
+@^IAWLB, departures from@>
+
+Here each client gets a destination chosen by a rule, a failed connect sends
+the client elsewhere, and a failed destination is tried again later. The
+chapter has two parts: the |Pool| of destinations, shared by all workers,
+which knows which destinations are usable and how busy each is; and the
+worker's side, which connects without blocking and reacts to the outcome.
+
+@ {\it The pool} keeps, for each destination, its address, its state, and
+counters. The state has three parts: the number of connections it has now
+(|active|), whether it is |down| and until when (|retry_at|), and whether one
+client is on its way to find out whether it is back (|trial|). All of it is
+guarded by the pool's one mutex, held by each operation for a few instructions
+and never across a system call.
+
+@<Interface types@>=
+struct Destination {@/
+  std::string name; /* the resolved address, for the log */
+  SockAddr addr;@/
+  unsigned active = 0; /* connections now, guarded by |Pool::m_| */
+  unsigned failures = 0; /* consecutive failed connects, ditto */
+  bool down = false; /* ditto */
+  bool trial = false; /* a connect is testing whether it is back; ditto */
+  Time retry_at = 0; /* when a down destination may be tried; ditto */
+  std::atomic<std::uint64_t> connections = 0, failed = 0; /* totals */
+  std::atomic<std::uint64_t> bytes_up = 0, bytes_down = 0;@/
+};
+
+@ The pool's interface. Each operation is called by a worker thread:
+
+\smallskip
+\item{} |pick(now)| chooses a usable destination and counts a connection on
+it. If none is usable it returns $-1$ and the time at which asking again can
+give a different answer.
+\item{} |connected(d)| reports that a connect to |d| worked; the destination
+is up.
+\item{} |failed(d, now, &wait)| reports that a connect to |d| failed. The
+destination is down for |wait|.
+\item{} |abandon(d)| undoes a |pick| whose connect never completed, without
+blaming the destination.
+\item{} |release(d, up, down)| reports that a connection to |d| is over.
+\smallskip
+
+\noindent |connected| and |failed| return whether the destination's state
+changed, so that the caller can log it {\it after} releasing the lock: a log
+line is a system call, and the style of this program is never to hold a lock
+across one. Destinations are added with |add| before any worker starts; a
+|std::deque| keeps them in place, because a |Destination| holds atomics and
+cannot move.
+
+@<Interface types@>=
+struct Pick {@+ int dest;@+ Time retry_at;@+};
+enum class Change {@+ none, down, up@+};
+class Pool {@/
+public:@/
+  Algorithm algorithm = Algorithm::leastconn;@/
+  Time backoff_cap = 5 * sec;@/
+  void add(const SockAddr &a);@/
+  std::size_t size() const@+{@+ return dests_.size();@+}
+  Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
+  Pick pick(Time now);@/
+  Change connected(int d);@/
+  Change failed(int d, Time now, Time *wait);@/
+  void abandon(int d);@/
+  void release(int d, std::uint64_t up, std::uint64_t down);@/
+  bool is_down(int d) const;@/
+  unsigned active(int d) const;@/
+private:@/
+  bool usable(const Destination &d, Time now) const;@/
+  Time next_retry(Time now) const;@/
+  mutable std::mutex m_; /* guards the state of every destination, and |cursor_| */
+  std::deque<Destination> dests_;@/
+  std::size_t cursor_ = 0; /* where the next round-robin scan starts */
+};
+Time backoff(unsigned failures, Time cap);
+
+@ @<Functions@>=
+void Pool::add(const SockAddr &a)
+{
+  dests_.emplace_back();
+  dests_.back().addr = a;
+  dests_.back().name = addr_to_string(a);
+}
+
+@ {\it Which destinations are usable.} An up destination is. A down one is
+usable once its |retry_at| has passed, by exactly one client, the {\it
+trial}: the first |pick| after that moment sets |trial|, and no other client
+is sent there until the trial's connect has succeeded (the destination is up
+again) or failed (it stays down, for longer). Without the trial flag, every
+client arriving in the moment a down destination becomes due would be sent to
+it, and if it were still down each of them would pay a failed connect.
+
+@<Functions@>=
+bool Pool::usable(const Destination &d, Time now) const
+{
+  return !d.down || (!d.trial && now >= d.retry_at);
+}
+
+@ {\it Choosing.} The default rule is {\it least connections}: among the
+usable destinations, the one with the fewest connections now. When several are
+tied (always the case when connections are short), the tie is broken by round
+robin: the scan starts after the destination chosen last, and the first of
+the minimum wins. So consecutive short connections go $1, 2, 3, 1, 2, 3,
+\ldots$, and a destination that holds long connections gets fewer new ones.
+Plain round robin (\.{--algorithm roundrobin}) takes the first usable
+destination after the last one chosen, whatever the load.
+
+@<Functions@>=
+Pick Pool::pick(Time now)
+{
+  std::lock_guard<std::mutex> lock(m_);
+  std::size_t n = dests_.size();
+  int best = -1;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::size_t k = (cursor_ + i) % n;
+    if (!usable(dests_[k], now)) continue;
+    if (algorithm == Algorithm::roundrobin) {@+ best = int(k);@+ break;@+}
+    if (best < 0 || dests_[k].active < dests_[best].active) best = int(k);
+  }
+  if (best < 0) return Pick{-1, next_retry(now)};
+  Destination &d = dests_[best];
+  cursor_ = (std::size_t(best) + 1) % n;
+  ++d.active;
+  if (d.down) d.trial = true;
+  return Pick{best, 0};
+}
+
+@ When nothing is usable, every destination is down and either waiting for
+its |retry_at| or under trial. The earliest |retry_at| is when asking again
+can help. A trial in progress can end at any moment, and its worker will not
+tell the others, so while one is running the answer is at most 50\,ms away:
+a client waiting on another worker notices a destination that came back
+within 50\,ms of its trial.
+
+@<Functions@>=
+Time Pool::next_retry(Time now) const
+{
+  Time t = forever;
+  for (@[const Destination &d : dests_@])
+    t = std::min(t, d.trial ? now + 50 * msec : d.retry_at);
+  return t;
+}
+
+@ {\it Backoff.} After $k$ consecutive failures a destination waits
+$250\,{\rm ms}\times2^{k-1}$ before its next trial, but never more than the
+cap (\.{--backoff-max}, 5\,s by default): 250\,ms, 500\,ms, 1\,s, 2\,s, 4\,s,
+5\,s, 5\,s,~\dots. A destination that is restarting is found again within a
+quarter of a second; one that is down for an hour costs one failed connect
+every five seconds, and is back in service at most five seconds after it
+returns. The doubling stops at the cap before it can overflow.
+
+@<Functions@>=
+Time backoff(unsigned failures, Time cap)
+{
+  Time wait = 250 * msec;
+  for (unsigned i = 1; i < failures && wait < cap; ++i) wait *= 2;
+  return std::min(wait, cap);
+}
+
+@ A success clears the failure count and brings a down destination back. A
+failure marks it down, counts it, and sets its next trial. Both end a trial
+if there was one. The return value says whether the destination changed
+state, which is what the log reports by default: a destination going down,
+and coming back.
+
+@<Functions@>=
+Change Pool::connected(int d)
+{
+  std::lock_guard<std::mutex> lock(m_);
+  Destination &x = dests_[d];
+  ++x.connections;
+  x.failures = 0;
+  x.trial = false;
+  if (!x.down) return Change::none;
+  x.down = false;
+  return Change::up;
+}
+Change Pool::failed(int d, Time now, Time *wait)
+{
+  std::lock_guard<std::mutex> lock(m_);
+  Destination &x = dests_[d];
+  --x.active;
+  ++x.failed;
+  ++x.failures;
+  x.trial = false;
+  *wait = backoff(x.failures, backoff_cap);
+  x.retry_at = now + *wait;
+  if (x.down) return Change::none;
+  x.down = true;
+  return Change::down;
+}
+
+@ @<Functions@>=
+void Pool::abandon(int d)
+{
+  std::lock_guard<std::mutex> lock(m_);
+  --dests_[d].active;
+  dests_[d].trial = false;
+}
+void Pool::release(int d, std::uint64_t up, std::uint64_t down)
+{
+  std::lock_guard<std::mutex> lock(m_);
+  --dests_[d].active;
+  dests_[d].bytes_up += up;
+  dests_[d].bytes_down += down;
+}
+bool Pool::is_down(int d) const
+{
+  std::lock_guard<std::mutex> lock(m_);
+  return dests_[d].down;
+}
+unsigned Pool::active(int d) const
+{
+  std::lock_guard<std::mutex> lock(m_);
+  return dests_[d].active;
+}
+
+@ {\it Dispatching a client.} A new client asks the pool for a destination
+and starts connecting to it. If clients are already waiting in this worker's
+queue, the new one joins them at the back instead: it must not overtake them.
+If no destination is usable, the client waits in the queue.
+
+@<Members of |Worker|@>=
+void dispatch(Connection &c)
+{
+  if (!queued.empty()) {
+    wait_for_destination(c);
+    return;
+  }
+  Pick p = shared.pool.pick(now);
+  if (p.dest < 0) {
+    retry_at = p.retry_at;
+    wait_for_destination(c);
+    return;
+  }
+  start_connect(c, p.dest);
+}
+void wait_for_destination(Connection &c)
+{
+  List<Connection, TimerTag>::remove_if_linked(&c);
+  c.state = State::queued;
+  c.dest = -1;
+  c.key = c.accepted;
+  queued.insert_sorted(&c);
+}
+
+@ {\it The queue.} When every destination is down, a new client is not
+refused: it waits, with its bytes held by the kernel, until a destination is
+usable again or until its queue timeout (10\,s by default) has passed since it
+was accepted; then it is closed, never left hanging. At the end of each round
+in which |retry_at| has passed, the worker asks the pool again, and sends the
+waiting clients in order, oldest first, as long as the pool has a destination
+for them.
+
+@<Members of |Worker|@>=
+void dispatch_queue()
+{
+  while (Connection *c = queued.front()) {
+    Pick p = shared.pool.pick(now);
+    if (p.dest < 0) {
+      retry_at = p.retry_at;
+      return;
+    }
+    List<Connection, TimerTag>::remove(c);
+    start_connect(*c, p.dest);
+  }
+}
+
+@ This loop ends. Each turn either returns or takes the front client off the
+queue. That client may come back to the front at once, if its connect fails
+immediately; but a failure marks the destination down until a later time, so
+each such turn removes one usable destination, and after at most as many
+turns as there are destinations |pick| returns $-1$.
+
+The same argument bounds the tries of a single client, which IAWLB did not
+need since it never retried: each failed connect takes one destination out of
+use, so a client meets at most one failure per destination before it is
+connected or queued, and in the queue at most one trial per destination per
+backoff period, until its queue timeout.
+
+@ {\it Connecting without blocking.} IAWLB's worker called |getaddrinfo| and
+then a blocking |connect| for every client, so a destination that did not
+answer held the worker for the kernel's connect timeout (over two minutes on
+Linux). Here the destination was resolved once at start-up
+(|@<Resolve every destination@>|), and the socket is non-blocking:
+|connect| returns at once with |EINPROGRESS|, and |epoll| reports the outcome
+later as |EPOLLOUT| (connected) or |EPOLLERR| (failed). The connect timeout
+(\.{--connect-timeout}, 3\,s by default) bounds the wait.
+@^IAWLB, departures from@>
+
+The outcomes of |connect| on a non-blocking TCP socket:
+
+\smallskip
+\item{$\bullet$} 0: connected at once (possible on loopback);
+\item{$\bullet$} |EINPROGRESS|: under way, which is the usual case; |EINTR|
+means the same for a non-blocking socket;
+\item{$\bullet$} |ECONNREFUSED|, |ENETUNREACH| and the rest: this destination
+failed now.
+\smallskip
+
+\noindent The server socket is registered with |epoll| only {\it after}
+|connect|: a TCP socket that is not yet connecting reports |EPOLLHUP|, which
+would look like a failure.
+
+@<Members of |Worker|@>=
+void start_connect(Connection &c, int d)
+{
+  const SockAddr &to = shared.pool[d].addr;
+  int fd = socket(to.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    shared.pool.abandon(d);
+    wait_for_resources(c, errno);
+    return;
+  }
+  c.server = Peer();
+  c.server.fd.reset(fd);
+  int yes = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+  c.dest = d;
+  c.state = State::connecting;
+  c.key = now;
+  connecting.push_back(&c);
+  if (connect(fd, &to.sa, to.len) < 0 && errno != EINPROGRESS && errno != EINTR)
+    connect_failed(c, errno);
+  else if (!watch(c, c.server, 1)) {
+    shared.pool.abandon(d);
+    c.dest = -1;
+    wait_for_resources(c, errno);
+  }
+}
+
+@ {\it Out of descriptors.} |socket| fails with |EMFILE| or |ENFILE| when the
+process or the system has no descriptor left, and |epoll_ctl| with |ENOSPC|
+or |ENOMEM| when the kernel will watch no more. That is not the destination's
+fault, and the client has done nothing wrong: it waits in the queue, and the
+worker tries again in 100\,ms, by which time connections may have ended and
+freed descriptors. The warning is logged once per episode, not once per
+client.
+@.out of resources@>
+
+@<Members of |Worker|@>=
+void wait_for_resources(Connection &c, int err)
+{
+  if (!short_of_resources)
+    Log(Level::warn, "out of resources to connect (%s); clients wait", std::strerror(err));
+  short_of_resources = true;
+  c.server = Peer();
+  wait_for_destination(c);
+  retry_at = now + 100 * msec;
+}
+bool short_of_resources = false;
+
+@ When the server socket reports, an error means the connect failed; the
+error itself is read with |getsockopt(SO_ERROR)|. Otherwise |EPOLLOUT| means
+it worked.
+
+@<Members of |Worker|@>=
+void connect_done(Connection &c, std::uint32_t events)
+{
+  if (events & (EPOLLERR | EPOLLHUP)) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(c.server.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    connect_failed(c, err ? err : ECONNREFUSED);
+  }
+  else if (events & EPOLLOUT) connected(c);
+}
+
+@ A connected client starts relaying. Its client socket may have been
+readable for a while (a client often sends its request at once); the flags
+noted while it waited say so, and the first |pump| moves those bytes. The
+pool learns of the success, and if the destination had been down, the log
+says it is back.
+@.destination ... is up again@>
+
+@<Members of |Worker|@>=
+void connected(Connection &c)
+{
+  c.state = State::relaying;
+  c.connected = now;
+  short_of_resources = false;
+  List<Connection, TimerTag>::remove(&c);
+  c.key = now;
+  relaying.push_back(&c);
+  if (shared.pool.connected(c.dest) == Change::up)
+    Log(Level::info, "destination %s is up again", shared.pool[c.dest].name.c_str());
+  pump(c);
+}
+
+@ {\it A failed connect} marks the destination down (or keeps it down for
+longer), closes the server socket, and dispatches the client again, to another
+destination or to the queue. The client does not notice: not one of its bytes
+has been sent anywhere yet. This is the re-dispatch that HAProxy calls
+\.{option redispatch}.
+
+The log says when a destination goes down, with the reason and the time until
+its next trial. Later failures of the same destination (failed trials) are
+logged only with \.{-v}, so that a destination that is down for an hour
+writes one line, not seven hundred.
+@.destination ... is down@>
+
+@<Members of |Worker|@>=
+void connect_failed(Connection &c, int err)
+{
+  Time wait = 0;
+  Change change = shared.pool.failed(c.dest, now, &wait);
+  const Destination &d = shared.pool[c.dest];
+  Log(change == Change::down ? Level::warn : Level::debug,
+    "destination %s is down: connect: %s; next try in %s", d.name.c_str(),
+    std::strerror(err), format_duration(wait).c_str());
+  List<Connection, TimerTag>::remove(&c);
+  c.server = Peer();
+  c.dest = -1;
+  dispatch(c);
+}
+
+@ Exercises.
+
+\smallskip
+\item{1.} Start three destinations and the balancer with \.{-v}. Stop one
+destination and connect forty clients. How many log lines say it is down? How
+many clients met a failed connect? Start it again and measure, from the log,
+how long it took to get a client.
+\item{2.} Remove the |trial| flag and repeat exercise~1 while a client
+generator (\.{wrk -c 64}) runs. Count the failed connects per second before
+and after.
+\item{3.} Least connections assumes every connection costs the destination
+the same. Add a weight to each destination (\.{HOST:PORT@@3}) and change |pick|
+so that traffic follows the weights in both algorithms.
+\item{4.} The pool's mutex is taken three times per connection. At what rate
+of new connections per second would it become the bottleneck on a machine
+with 64 workers? How could |pick| avoid it?
+\smallskip
+
+\noindent Further reading: HAProxy's configuration manual on \.{balance},
+\.{retries}, \.{option redispatch} and \.{timeout queue}; nginx's
+\.{ngx\_stream\_upstream\_module} on \.{least\_conn} and \.{max\_fails}.
+
+@* The server loop.
+The acceptor is the program's main thread. In IAWLB it ran |FOREVER|: accept
+one connection, log it, |enqueue| it, and again. If |accept| failed it printed
+the error and tried again at once, so a process out of descriptors
+(|EMFILE|) spun at full speed printing \.{accept: Too many open files}, since
+the pending connection that caused the failure was still pending.
+@^IAWLB, departures from@>
+
+Our acceptor sleeps in |poll| on three descriptors: the signal descriptor
+(chapter Signals and graceful end), its own |eventfd| |shared.wake|, on which
+workers tell it that they freed a place or finished, and the listening socket,
+which it watches only while it is willing to accept. When clients are
+pending it accepts all of them, until |accept4| says |EAGAIN|, and hands them
+over in one batch per worker.
+
+@ The thread code is two classes: the |Worker| of the previous chapters and
+the |Balancer|, whose |serve| is the acceptor's loop.
+
+@<Thread code@>=
+class Worker {@/
+public:@/
+  @<Members of |Worker|@>@;
+};
+@<Start and run a worker@>@;
+class Balancer {@/
+public:@/
+  @<Members of |Balancer|@>@;
+};
+@<Run the balancer@>@;
+
+@ The implementation's global types come in the order the compiler needs
+them.
+
+@<Globals and more@>=
+@<Intrusive lists@>@;
+@<Relay buffers@>@;
+@<Peers and halves@>@;
+@<Connection record@>@;
+@<Shared state@>@;
+
+@ {\it The shared state.} What the threads share is gathered in one
+|Shared| object, owned by the |Balancer| and outliving every worker. Its
+|Config| is written before any thread starts and only read afterwards, which
+needs no lock: |std::thread|'s constructor synchronizes with the start of the
+new thread, so everything written before is visible to it. The counters are
+atomics, with the default sequentially consistent order: they are touched
+once or twice per connection, not per byte, so a weaker order would save
+nothing worth a paragraph of proof.
+
+@<Shared state@>=
+enum class Phase {@+ running, draining, aborting@+};
+struct Shared {@/
+  Config cfg; /* immutable once the threads run */
+  Pool pool;@/
+  std::size_t max_conn = 0; /* ditto */
+  std::atomic<std::size_t> active = 0; /* clients accepted and not yet closed */
+  std::atomic<Phase> phase = Phase::running;@/
+  std::atomic<unsigned> workers_done = 0;@/
+  std::atomic<bool> failed = false; /* a worker stopped on an error */
+  unique_fd wake; /* |eventfd| on which the acceptor sleeps */
+  @<Members of |Shared|@>@;
+};
+
+@ {\it The connection limit.} The acceptor counts every client from |accept4|
+until its worker closes it, and stops watching the listening socket when the
+count reaches |max_conn|. Clients beyond the limit then wait in the kernel's
+backlog, where they cost no descriptor, until a place is free. A worker
+closing a client decrements the count; if it brings the count down {\it from}
+the limit, the acceptor may be asleep with the listener unwatched, so the
+worker wakes it.
+
+No wake-up is lost. The acceptor decides whether to watch the listener from
+the value of |active| that it reads just before |poll|. If a worker
+decremented from the limit before that read, the acceptor sees a free place
+and watches; if after, the worker's write to |wake| is waiting when |poll|
+starts, and |poll| returns at once.
+
+@<Members of |Shared|@>=
+void notify_acceptor()
+{
+  std::uint64_t one = 1;
+  while (write(wake.get(), &one, sizeof one) < 0 && errno == EINTR) continue;
+}
+void client_closed()
+{
+  if (active.fetch_sub(1) == max_conn) notify_acceptor();
+}
+
+@ The |Balancer| holds the listening socket and its address, the signal
+descriptor, the workers, and the batches being filled. Members are destroyed
+in the reverse order of their declaration, so the workers, which refer to
+|shared|, are destroyed before it.
+
+@<Members of |Balancer|@>=
+Shared shared;
+SockAddr listen_addr;
+unique_fd listener, signals;
+std::vector<std::unique_ptr<Worker>> workers;
+std::vector<std::list<Accepted>> batches; /* one per worker */
+std::size_t next_worker = 0; /* where the next scan for a worker starts */
+Time now = 0;
+Time paused_until = 0; /* no |accept4| before this, after |EMFILE| */
+Time grace_end = forever; /* when draining must give way to aborting */
+bool accept_failing = false;
+@<Balancer start-up@>@;
+
+@ {\it The receiving loop} keeps IAWLB's name and its |FOREVER|. One turn:
+decide whether to accept, sleep in |poll|, then act on what woke it: signals,
+a worker's news, pending clients. Then follow the graceful end, if one has
+begun; that is where the loop returns.
+@.poll@>
+
+@<Members of |Balancer|@>=
+int serve()
+{
+  FOREVER {
+    now = now_us();
+    bool accepting = listener && shared.phase == Phase::running && shared.active < shared.max_conn@|
+      && now >= paused_until;
+    pollfd fds[3];
+    watch_in(fds[0], signals.get());
+    watch_in(fds[1], shared.wake.get());
+    watch_in(fds[2], listener.get());
+    if (poll(fds, accepting ? 3 : 2, poll_timeout()) < 0 && errno != EINTR)
+      throw sys_error("poll");
+    now = now_us();
+    if (fds[0].revents) take_signals();
+    if (fds[1].revents) read_eventfd(shared.wake.get());
+    if (accepting && fds[2].revents) accept_clients();
+    @<Follow the graceful end; |return| the exit status when it is complete@>@;
+  }
+}
+
+@ @<Members of |Balancer|@>=
+static void watch_in(pollfd &p, int fd)
+{
+  p.fd = fd;
+  p.events = POLLIN;
+  p.revents = 0;
+}
+int poll_timeout() const
+{
+  Time t = forever;
+  if (paused_until > now) t = paused_until;
+  if (shared.phase == Phase::draining) t = std::min(t, grace_end);
+  if (t == forever) return -1;
+  return int((t - now + 999) / 1000);
+}
+
+@ {\it Accepting in batches.} ``An interesting corner to polish'', IAWLB's
+last chapter says, ``could be the way the main thread feeds the FIFO list'':
+a lock and a broadcast for every socket. It proposed a local list flushed by
+count or by time, ``an important change I won't do''. We do it without the
+timer: the acceptor accepts every client that is pending, which is exactly the
+batch that arrived since the last turn, and hands each worker its share in
+one |enqueue|. Under light load a batch is one socket and it is handed over at
+once; under heavy load batches grow by themselves and the cost per socket
+falls. A timer would only add delay.
+@^IAWLB, departures from@>
+
+The sockets are |SOCK_NONBLOCK| from birth (|accept4| sets it in the same
+system call), because the workers use them non-blocking, and |SOCK_CLOEXEC|,
+so that no descriptor leaks into a program the balancer might ever start.
+
+@<Members of |Balancer|@>=
+void accept_clients()
+{
+  while (shared.active < shared.max_conn) {
+    Accepted a;
+    socklen_t len = sizeof a.from.in6;
+    int fd = accept4(listener.get(), &a.from.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      @<Decide what a failed |accept4| means; |break| or |continue|@>@;
+    }
+    a.fd.reset(fd);
+    a.from.len = len;
+    ++shared.active;
+    Worker &w = choose_worker();
+    ++w.load;
+    batches[w.id - 1].push_back(std::move(a));
+  }
+  @<Hand each batch to its worker@>@;
+}
+
+@ The failures of |accept4| fall in three groups.
+
+\smallskip
+\item{$\bullet$} {\it Nothing more is pending}: |EAGAIN|. The batch is
+complete.
+\item{$\bullet$} {\it The client is gone or the network failed it} before we
+accepted it: |ECONNABORTED|, and the network errors that the manual page
+{\tt accept(2)} says Linux passes on from the new socket (|EPROTO|,
+|ENETDOWN|, |EHOSTUNREACH| and others). Also |EINTR|, and |EPERM| from a
+firewall rule. We go on with the next client.
+\item{$\bullet$} {\it We are out of resources}: |EMFILE| (this process has no
+descriptor left), |ENFILE| (the system has none), |ENOBUFS| or |ENOMEM|. The
+client stays in the backlog and |poll| would report it again at once, so the
+acceptor stops watching the listener for 100\,ms, and tries again; connections
+that end meanwhile free descriptors. The warning is logged once for each such
+episode.
+\item{$\bullet$} Anything else (|EBADF|, |EINVAL|, |ENOTSOCK|) means the
+listening socket is not what we think: a bug. It throws.
+\smallskip
+@.accept4: ...; pausing new clients@>
+@^Linux dependencies@>
+
+@<Decide what a failed |accept4| means...@>=
+int err = errno;
+if (err == EAGAIN || err == EWOULDBLOCK) break;
+if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+  if (!accept_failing)
+    Log(Level::warn, "accept4: %s; pausing new clients", std::strerror(err));
+  accept_failing = true;
+  paused_until = now + 100 * msec;
+  break;
+}
+if (err == EINTR || err == ECONNABORTED || err == EPERM || err == EPROTO || err == ENOPROTOOPT@|
+  || err == ENETDOWN || err == ENONET || err == EHOSTDOWN || err == EHOSTUNREACH@|
+  || err == ENETUNREACH || err == EOPNOTSUPP)
+  continue;
+throw sys_error("accept4");
+
+@ {\it Which worker.} Each socket goes to the worker with the fewest
+connections (its |load|, counted from the moment the acceptor chose it), ties
+broken by round robin, the same rule that the pool uses for destinations. A
+worker whose connections are long-lived then gets fewer new ones.
+
+The loads are read with |memory_order_relaxed|: the choice is a heuristic,
+and a value a few microseconds old does no harm; no other memory is published
+through these counters.
+
+@<Members of |Balancer|@>=
+Worker &choose_worker()
+{
+  std::size_t n = workers.size(), best = next_worker % n;
+  std::size_t least = workers[best]->load.load(std::memory_order_relaxed);
+  for (std::size_t i = 1; i < n; ++i) {
+    std::size_t k = (next_worker + i) % n;
+    std::size_t l = workers[k]->load.load(std::memory_order_relaxed);
+    if (l < least) {
+      best = k;
+      least = l;
+    }
+  }
+  next_worker = best + 1;
+  return *workers[best];
+}
+
+@ Each non-empty batch is spliced into its worker's inbox in one |enqueue|,
+and the worker is woken only if its inbox was empty; otherwise a wake-up is
+already on its way (|on_wake| in chapter Workers).
+The successful accept after a pause ends the ``out of resources'' episode.
+@.accepting again@>
+
+@<Hand each batch...@>=
+for (std::size_t i = 0; i < workers.size(); ++i)
+  if (!batches[i].empty() && workers[i]->inbox.enqueue(batches[i]) == 0) workers[i]->notify();
+if (accept_failing && paused_until <= now) {
+  accept_failing = false;
+  Log(Level::info, "accepting again");
+}
+
+@ Exercises.
+
+\smallskip
+\item{1.} Run the balancer under \.{prlimit --nofile=48} and open 40 clients
+through it. Watch it with \.{top}. Then remove the pause on |EMFILE| and
+watch again. What does the integration test ``EMFILE'' measure?
+\item{2.} Replace the batch by one |enqueue| per socket and count, with
+\.{strace -c -f}, the |write| calls on |eventfd|s during a run of \.{wrk -c
+64 -H 'Connection: close'}. Why are there far fewer than one per connection
+even without batching?
+\item{3.} Linux can spread connections over several listening sockets bound
+to the same port (|SO_REUSEPORT|). Sketch a design where each worker accepts
+for itself. What becomes of the \&{SyncedList}? Of the connection limit?
+\smallskip
+
+@* Signals and graceful end.
+IAWLB handled no signal: ``adding signals handling before entering this loop
+would be a good thing. Likely we want also to end smoothly, letting the
+threads to finish their work before killing them all abruptly.'' Ctrl-C
+killed it, and with it every connection in flight.
+@^IAWLB, departures from@>
+
+A signal handler may call only async-signal-safe functions; it may not log,
+take a lock, or touch a |std::vector|. The classic answer is a handler that
+writes a byte to a pipe. Linux has a neater one, |signalfd|: block the
+signals, and read them from a descriptor like any other event. The
+acceptor's |poll| watches that descriptor, so a signal becomes an ordinary
+event of the server loop and there is no handler at all.
+@^Linux dependencies@>
+
+@ The signals must be blocked in {\it every} thread, or the kernel would
+deliver them to a thread that does not read the descriptor, and their default
+action would kill the process. A thread inherits its creator's mask, so
+blocking them in the main thread before any other thread exists covers all.
+
+Their dispositions are first reset to the default: a shell starting a
+program in the background without job control sets |SIGINT| to ``ignored'',
+and an ignored signal is discarded before it can reach a |signalfd|.
+
+|SIGPIPE| is ignored. Every |send| passes |MSG_NOSIGNAL| already, but a
+write to a closed standard error would still raise it.
+
+@<Block the signals and open |signals|@>=
+std::signal(SIGPIPE, SIG_IGN);
+std::signal(SIGINT, SIG_DFL);
+std::signal(SIGTERM, SIG_DFL);
+sigset_t set;
+sigemptyset(&set);
+sigaddset(&set, SIGINT);
+sigaddset(&set, SIGTERM);
+if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) throw std::runtime_error("pthread_sigmask");
+signals.reset(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+shared.wake.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+if (!signals || !shared.wake) throw sys_error("signalfd or eventfd");
+set_log_level(shared.cfg.verbose ? Level::debug : Level::info);
+
+@ {\it The graceful end} is a sequence of steps, each done by one thread:
+
+\smallskip
+\item{1.} The first |SIGTERM| or |SIGINT| arrives; the acceptor reads it.
+\item{2.} The acceptor closes the listening socket. New clients are refused
+by the kernel from this instant; a load balancer in front of ours, or a
+client's retry, sends them elsewhere.
+\item{3.} The acceptor closes every worker's inbox, then sets the phase to
+|draining|, then wakes every worker. (The order matters:
+|on_wake| in chapter Workers.)
+\item{4.} Each worker drains its inbox one last time and goes on serving its
+connections, queued clients included, until it has none; then its thread
+returns, after telling the acceptor.
+\item{5.} The acceptor waits for all workers, for at most the grace period
+(\.{--grace}, 30\,s by default). When all have returned, it joins them, logs
+what each destination served, and returns~0.
+\item{6.} If the grace period runs out, or a second signal arrives, the
+acceptor sets the phase to |aborting| and wakes the workers, which close all
+their connections at once and return; then step~5 ends as before.
+\smallskip
+@.no longer accepting@>
+
+@<Members of |Balancer|@>=
+void take_signals()
+{
+  signalfd_siginfo si;
+  while (read(signals.get(), &si, sizeof si) == ssize_t(sizeof si)) {
+    const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
+    if (shared.phase == Phase::running) begin_drain(name);
+    else abort_connections(name);
+  }
+}
+void begin_drain(const char *why)
+{
+  listener.reset();
+  for (@[auto &w : workers@]) w->inbox.close();
+  shared.phase = Phase::draining;
+  for (@[auto &w : workers@]) w->notify();
+  grace_end = now + shared.cfg.grace;
+  Log(Level::info, "%s: no longer accepting; %zu connections open, %s to finish", why,
+    shared.active.load(), format_duration(shared.cfg.grace).c_str());
+}
+
+@ @<Members of |Balancer|@>=
+void abort_connections(const char *why)
+{
+  if (shared.phase == Phase::aborting) return;
+  shared.phase = Phase::aborting;
+  for (@[auto &w : workers@]) w->notify();
+  grace_end = forever;
+  Log(Level::info, "%s: closing the %zu connections still open", why, shared.active.load());
+@.closing ... still open@>
+}
+
+@ A failed worker (|process_request|) ends the balancer the
+same way, at once, with status~1: one worker fewer would leave its clients
+unserved, and a bug is better reported than hidden.
+
+@<Follow the graceful end...@>=
+if (shared.failed && shared.phase == Phase::running) {
+  begin_drain("a worker failed");
+  abort_connections("a worker failed");
+}
+if (shared.phase == Phase::draining && now >= grace_end) abort_connections("grace period over");
+if (shared.phase != Phase::running && shared.workers_done == workers.size()) return finish_up();
+
+@ The last words of the balancer: what each destination did.
+@.stopped@>
+
+@<Members of |Balancer|@>=
+int finish_up()
+{
+  for (@[auto &w : workers@]) w->thread.join();
+  for (std::size_t i = 0; i < shared.pool.size(); ++i) {
+    const Destination &d = shared.pool[i];
+    Log(Level::info, "destination %s: %llu connections, %llu failed connects, "@|
+      "%llu bytes up, %llu bytes down", d.name.c_str(),
+      (unsigned long long) d.connections, (unsigned long long) d.failed,
+      (unsigned long long) d.bytes_up, (unsigned long long) d.bytes_down);
+  }
+  Log(Level::info, "stopped");
+  return shared.failed ? 1 : 0;
+}
+
+@ Exercises.
+
+\smallskip
+\item{1.} Start the balancer in front of \.{redis-server}, open \.{redis-cli
+MONITOR} through it, and send \.{SIGTERM}. What does the log say, and when
+does the process end? Send a second \.{SIGTERM}.
+\item{2.} Write the self-pipe version: a handler for |SIGTERM| that writes one
+byte to a pipe whose reading end the acceptor polls. Which functions may the
+handler call? (See {\tt signal-safety(7)}.)
+\item{3.} Why would a handler that sets a |bool| flag not be enough, even if
+the flag were |std::atomic<bool>|? Hint: where is the acceptor when the
+signal arrives?
+\smallskip
+
+\noindent Further reading: {\tt signalfd(2)}, {\tt signal(7)},
+{\tt pthread\_sigmask(3)}; HAProxy's management guide on soft stop
+(\.{SIGUSR1}) and hard stop (\.{SIGTERM}).
+
+@* Other functions and defines.
+IAWLB's chapter of this name held |get_addr| and |get_port|, which split a
+destination argument, |get_in_addr|, which helped print a client's address,
+and four macros. Of the macros, |MAX_READ_BUFFER| (the 256\,KiB array of the
+old relay) became |buffer_size|, |ANS_TIMEOUT| (31 seconds to answer) became
+the idle timeout, and |MAX_NUM_OF_DEST_PORT| (32) is gone. |FOREVER| stays,
+as does its author's reason: ``I don't like how CWEB formats this
+expression''.
+
+@d FOREVER for (;;)
+
+@ The interface header includes what its declarations need, and the
+balancer's \&{SyncedList}.
+
+@<Include files@>=
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <list>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "SyncedList.hpp"
+
+@ The implementation adds the system interfaces of Linux. A few are Linux
+only: |epoll|, |eventfd|, |signalfd| and |accept4|.
+@^Linux dependencies@>
+
+@<Implementation include files@>=
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <ctime>
+#include <memory>
+#include <thread>
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+
+@ {\it Time.} Every time in the program is a count of microseconds in a
+64-bit integer, read from the clock |CLOCK_MONOTONIC|, which never jumps
+when the wall clock is set. Sixty-three bits of microseconds last 292,000 years. A
+plain integer keeps the arithmetic of deadlines (|key + timeout <= now|)
+readable on the page.
+
+@<Basic types@>=
+using Time = std::int64_t; /* microseconds */
+constexpr Time msec = 1000, sec = 1000 * msec;
+constexpr Time forever = std::numeric_limits<Time>::max();
+
+@ @<Functions@>=
+Time now_us()
+{
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return Time(ts.tv_sec) * sec + ts.tv_nsec / 1000;
+}
+
+@ {\it Descriptors.} A |unique_fd| owns one descriptor and closes it when
+it is destroyed or given another; it can be moved but not copied, so a
+descriptor always has exactly one owner. It is the only code that calls
+|close|. A |close| on Linux releases the descriptor even when it reports
+|EINTR|, so it is never retried: a retry could close a descriptor that
+another thread has just been given.
+@^Linux dependencies@>
+
+@<Basic types@>=
+class unique_fd {@/
+public:@/
+  unique_fd() = default;@/
+  explicit unique_fd(int fd) noexcept@+{@+ fd_ = fd;@+}
+  unique_fd(unique_fd &&o) noexcept@+{@+ fd_ = o.release();@+}
+  unique_fd &operator=(unique_fd &&o) noexcept
+  {
+    reset(o.release());
+    return *this;
+  }
+  unique_fd(const unique_fd &) = @[delete@];@/
+  unique_fd &operator=(const unique_fd &) = @[delete@];@/
+  ~unique_fd()@+{@+ reset();@+}
+  int get() const noexcept@+{@+ return fd_;@+}
+  explicit operator bool() const noexcept@+{@+ return fd_ >= 0;@+}
+  int release() noexcept
+  {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1) noexcept
+  {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+private:@/
+  int fd_ = -1;@/
+};
+
+@ A failed system call at start-up becomes an exception whose message names
+the call and the object, followed by the system's description of |errno|:
+\.{bind 127.0.0.1:80: Permission denied}.
+
+@<Functions@>=
+std::system_error sys_error(const std::string &what)
+{
+  return std::system_error(errno, std::generic_category(), what);
+}
+
+@ {\it Addresses.} A |SockAddr| holds an IPv4 or IPv6 socket address. The
+union lets the code read the family through |sa| and the details through
+|in4| or |in6|; the three structures begin with the same family field, which
+the language allows to be read through any of them. At 28 bytes it is a
+fifth of a |sockaddr_storage|, which matters in a record kept per connection.
+
+@<Basic types@>=
+struct SockAddr {@/
+  union {@/
+    sockaddr sa;@/
+    sockaddr_in in4;@/
+    sockaddr_in6 in6;@/
+  };
+  socklen_t len = 0;@/
+  SockAddr()@+{@+ std::memset(&in6, 0, sizeof in6);@+}
+};
+
+@ |addr_to_string| replaces IAWLB's |get_in_addr|, which returned a pointer
+into the address for |inet_ntop| and left the port out. Ours writes the
+address with its port, IPv6 addresses in brackets as on the command line:
+\.{127.0.0.1:9001}, \.{[::1]:9001}.
+@^IAWLB, departures from@>
+
+@<Functions@>=
+std::string addr_to_string(const SockAddr &a)
+{
+  char host[INET6_ADDRSTRLEN] = "";
+  if (a.sa.sa_family == AF_INET6) {
+    inet_ntop(AF_INET6, &a.in6.sin6_addr, host, sizeof host);
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.in6.sin6_port));
+  }
+  if (a.sa.sa_family == AF_INET) {
+    inet_ntop(AF_INET, &a.in4.sin_addr, host, sizeof host);
+    return std::string(host) + ":" + std::to_string(ntohs(a.in4.sin_port));
+  }
+  return "?";
+}
+
+@ The wildcard address of a family, for a listen argument without a host.
+
+@<Functions@>=
+SockAddr any_address(int family, std::uint16_t port)
+{
+  SockAddr a;
+  if (family == AF_INET6) {
+    a.in6.sin6_family = AF_INET6;
+    a.in6.sin6_addr = in6addr_any;
+    a.in6.sin6_port = htons(port);
+    a.len = sizeof a.in6;
+  }
+  else {
+    a.in4.sin_family = AF_INET;
+    a.in4.sin_addr.s_addr = htonl(INADDR_ANY);
+    a.in4.sin_port = htons(port);
+    a.len = sizeof a.in4;
+  }
+  return a;
+}
+
+@ {\it Parsing an address argument.} The command line names places as
+|PORT|, |HOST:PORT| or |[IPv6]:PORT|. An |Endpoint| keeps the text as typed
+(for messages), the host without brackets (empty if none was given), and the
+port.
+
+IAWLB's |get_addr| and |get_port| split at the first colon, so an IPv6
+address such as \.{::1:9001} was cut in the wrong place; and neither checked
+anything: \.{iawlb abc 9001} listened on the port that |getaddrinfo| made of
+\.{abc}, and a port of 70000 was passed on to be truncated. Ours split at the
+closing bracket for IPv6, demand brackets when an address has more than one
+colon, and leave the checks to |parse_port|. They throw
+|std::invalid_argument| with a reason; the caller adds which argument it was.
+@^IAWLB, departures from@>
+
+@<Basic types@>=
+struct Endpoint {@/
+  std::string text; /* as typed */
+  std::string host; /* without brackets; empty when absent */
+  std::uint16_t port = 0;@/
+};
+struct UsageError : std::runtime_error {@/
+  using std::runtime_error::runtime_error;@/
+};
+
+@ @<Functions@>=
+struct HostPort {@+ std::string_view host, port;@+};
+HostPort split_host_port(std::string_view arg)
+{
+  HostPort hp;
+  if (arg.empty()) throw std::invalid_argument("empty address");
+  if (arg[0] == '[') {
+    std::size_t end = arg.find(']');
+    if (end == std::string_view::npos)
+      throw std::invalid_argument("missing ']' after the IPv6 address");
+    hp.host = arg.substr(1, end - 1);
+    std::string_view rest = arg.substr(end + 1);
+    if (hp.host.empty()) throw std::invalid_argument("empty IPv6 address");
+    if (rest.empty() || rest[0] != ':') throw std::invalid_argument("missing ':PORT' after ']'");
+    hp.port = rest.substr(1);
+    return hp;
+  }
+  std::size_t colon = arg.rfind(':');
+  if (colon == std::string_view::npos) {
+    hp.port = arg;
+    return hp;
+  }
+  if (arg.find(':') != colon)
+    throw std::invalid_argument("an IPv6 address must be in brackets, as in [::1]:PORT");
+  hp.host = arg.substr(0, colon);
+  hp.port = arg.substr(colon + 1);
+  return hp;
+}
+
+@ @<Functions@>=
+std::string get_addr(std::string_view arg)
+{
+  return std::string(split_host_port(arg).host);
+}
+std::string get_port(std::string_view arg)
+{
+  return std::string(split_host_port(arg).port);
+}
+
+@ A port is one to five decimal digits with a value from 1 to 65535. Port~0
+would ask the kernel for any free port, which is meaningless for a
+destination and surprising for a balancer's address.
+
+@<Functions@>=
+std::uint16_t parse_port(std::string_view s)
+{
+  if (s.empty()) throw std::invalid_argument("missing port");
+  if (s.size() > 5 || s.find_first_not_of("0123456789") != std::string_view::npos@|
+    || std::stoul(std::string(s)) == 0 || std::stoul(std::string(s)) > 65535)
+    throw std::invalid_argument("port '" + std::string(s) + "' is not a number from 1 to 65535");
+  return std::uint16_t(std::stoul(std::string(s)));
+}
+
+@ @<Functions@>=
+Endpoint parse_endpoint(std::string_view arg, const char *what)
+{
+  try {
+    Endpoint e;
+    e.text = std::string(arg);
+    e.host = get_addr(arg);
+    e.port = parse_port(get_port(arg));
+    return e;
+  }
+  catch (const std::invalid_argument &x) {
+    throw UsageError(std::string("bad ") + what + " '" + std::string(arg) + "': " + x.what());
+  }
+}
+
+@ {\it Resolving.} |resolve| turns an |Endpoint| into a socket address with
+|getaddrinfo|, which accepts numeric addresses of both families and host
+names. A destination without a host is \.{127.0.0.1}, IAWLB's
+``localhost'' written as the address it meant; writing the name would let
+the resolver answer \.{::1} first, and a server listening on IPv4 only would
+then refuse every connect. When a name has several addresses the first is
+used, as IAWLB's author suspected would do.
+
+The list |getaddrinfo| returns must be freed with |freeaddrinfo|; a
+|unique_ptr| with that deleter does it on every path, the throwing ones
+included.
+
+@<Functions@>=
+struct AddrinfoFree {
+  void operator()(addrinfo *p) const@+{@+ freeaddrinfo(p);@+}
+};
+SockAddr resolve(const Endpoint &e, const char *what)
+{
+  std::string host = e.host.empty() ? "127.0.0.1" : e.host;
+  std::string port = std::to_string(e.port);
+  addrinfo hints = addrinfo();
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo *res = nullptr;
+  int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  if (rc != 0)
+    throw std::runtime_error(std::string("cannot resolve ") + what + " '" + e.text + "': "@|
+      + (rc == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(rc)));
+@.cannot resolve@>
+  std::unique_ptr<addrinfo, AddrinfoFree> hold(res);
+  SockAddr a;
+  std::memcpy(&a.in6, res->ai_addr, std::min(std::size_t(res->ai_addrlen), sizeof a.in6));
+  a.len = res->ai_addrlen;
+  return a;
+}
+
+@ {\it Durations and counts.} A duration is a whole number followed by
+\.{ms}, \.{s}, \.{m} or \.{h}, or by nothing for seconds. Nine digits at most,
+so that even $999{,}999{,}999$ hours fits in a |Time|.
+
+@<Functions@>=
+Time parse_duration(std::string_view s)
+{
+  std::size_t digits = std::min(s.find_first_not_of("0123456789"), s.size());
+  if (digits == 0 || digits > 9) throw std::invalid_argument("bad duration");
+  Time n = std::stoll(std::string(s.substr(0, digits)));
+  std::string_view unit = s.substr(digits);
+  if (unit == "ms") return n * msec;
+  if (unit.empty() || unit == "s") return n * sec;
+  if (unit == "m") return n * 60 * sec;
+  if (unit == "h") return n * 3600 * sec;
+  throw std::invalid_argument("bad duration");
+}
+
+@ The log writes durations back in the largest unit that divides them.
+
+@<Functions@>=
+std::string format_duration(Time t)
+{
+  if (t > 0 && t % (3600 * sec) == 0) return std::to_string(t / (3600 * sec)) + "h";
+  if (t > 0 && t % (60 * sec) == 0) return std::to_string(t / (60 * sec)) + "m";
+  if (t % sec == 0) return std::to_string(t / sec) + "s";
+  if (t % msec == 0) return std::to_string(t / msec) + "ms";
+  return std::to_string(t) + "us";
+}
+
+@ @<Functions@>=
+unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi)
+{
+  if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string_view::npos)
+    throw std::invalid_argument("not a count");
+  unsigned long v = std::stoul(std::string(s));
+  if (v < lo || v > hi) throw std::invalid_argument("out of range");
+  return v;
+}
+
+@ Three helpers for |parse_args|, which follows. Each error message quotes
+the option and the value it did not accept.
+
+@<Functions@>=
+bool is(std::string_view name, const char *brief, const char *full)
+{
+  return name == brief || name == full;
+}
+unsigned long count_option(std::string_view name, std::string_view value, unsigned long lo,
+  unsigned long hi)
+{
+  try {
+    return parse_count(value, lo, hi);
+  }
+  catch (const std::invalid_argument &) {
+    throw UsageError("option " + std::string(name) + ": '" + std::string(value)@|
+      + "' is not a number from " + std::to_string(lo) + " to " + std::to_string(hi));
+  }
+}
+Time duration_option(std::string_view name, std::string_view value, bool zero_ok)
+{
+  Time t = 0;
+  try {
+    t = parse_duration(value);
+  }
+  catch (const std::invalid_argument &) {
+    throw UsageError("option " + std::string(name) + ": '" + std::string(value)@|
+      + "' is not a duration such as 250ms, 3s, 2m or 1h");
+  }
+  if (t == 0 && !zero_ok)
+    throw UsageError("option " + std::string(name) + ": must be more than 0");
+  return t;
+}
+
+@ {\it The command line.} |parse_args| reads options and places in any
+order: an argument that starts with `\.-' and is longer than one character is
+an option, anything else is a place (LISTEN first, then the DESTs), and
+`\.{--}' ends the options. An option's value is the next argument, or follows
+an `\.=' (\.{--workers=4}), or is glued to a short option (\.{-w4}).
+
+The parser has no side effects: it prints nothing and exits nothing, and it
+reports the first problem as a |UsageError| naming the argument. That makes it
+easy to test, and to fuzz.
+
+@<Functions@>=
+Config parse_args(int argc, const char *const *argv)
+{
+  Config cfg;
+  std::vector<std::string_view> places;
+  bool options_done = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (options_done || arg.size() < 2 || arg[0] != '-') {
+      places.push_back(arg);
+      continue;
+    }
+    if (arg == "--") {
+      options_done = true;
+      continue;
+    }
+    @<Split |arg| into an option |name| and its glued |value|@>@;
+    @<Handle a flag option; |return| after help or version, |continue| after others@>@;
+    @<Fetch the value of option |name|, or throw if the option is unknown@>@;
+    @<Set the option |name| to |value|@>@;
+  }
+  @<Check and convert the LISTEN and DEST arguments@>@;
+  return cfg;
+}
+
+@ @<Split |arg|...@>=
+std::string_view name = arg, value;
+bool glued = false;
+if (arg[1] != '-' && arg.size() > 2) {
+  name = arg.substr(0, 2);
+  value = arg.substr(2);
+  glued = true;
+}
+else if (arg[1] == '-' && arg.find('=') != std::string_view::npos) {
+  name = arg.substr(0, arg.find('='));
+  value = arg.substr(arg.find('=') + 1);
+  glued = true;
+}
+
+@ Help and version end the parse at once: \.{iawlb --help} works even after
+a bad argument, which is when people need it.
+
+@<Handle a flag option...@>=
+if (is(name, "-h", "--help") || is(name, "-V", "--version") || is(name, "-v", "--verbose")) {
+  if (glued) throw UsageError("option '" + std::string(name) + "' takes no value");
+  if (is(name, "-h", "--help")) cfg.help = true;
+  else if (is(name, "-V", "--version")) cfg.version = true;
+  else cfg.verbose = true;
+  if (cfg.help || cfg.version) return cfg;
+  continue;
+}
+
+@ @<Fetch the value...@>=
+bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
+  || is(name, "-a", "--algorithm") || name == "--connect-timeout"@|
+  || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
+  || name == "--backoff-max";
+if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
+@.unknown option@>
+if (!glued) {
+  if (i + 1 >= argc) throw UsageError("option '" + std::string(name) + "' needs a value");
+  value = argv[++i];
+}
+
+@ The limits on counts are generous but finite, so that a typing error such as
+\.{-w 20000} is caught rather than obeyed. The connect and queue timeouts
+must be positive; an idle timeout or a grace period of zero means ``none''
+and ``stop at once''.
+
+@<Set the option...@>=
+if (is(name, "-w", "--workers")) cfg.workers = unsigned(count_option(name, value, 1, 1024));
+else if (is(name, "-c", "--max-conn")) cfg.max_conn = count_option(name, value, 1, 100000000);
+else if (is(name, "-a", "--algorithm")) {
+  if (value == "leastconn") cfg.algorithm = Algorithm::leastconn;
+  else if (value == "roundrobin") cfg.algorithm = Algorithm::roundrobin;
+  else throw UsageError("option " + std::string(name) + ": unknown algorithm '"@|
+    + std::string(value) + "' (leastconn or roundrobin)");
+}
+else if (name == "--connect-timeout") cfg.connect_timeout = duration_option(name, value, false);
+else if (name == "--idle-timeout") cfg.idle_timeout = duration_option(name, value, true);
+else if (name == "--queue-timeout") cfg.queue_timeout = duration_option(name, value, false);
+else if (name == "--grace") cfg.grace = duration_option(name, value, true);
+else cfg.backoff_max = duration_option(name, value, false);
+
+@ @<Check and convert the LISTEN...@>=
+if (places.empty()) throw UsageError("missing LISTEN and DEST arguments");
+if (places.size() == 1)
+  throw UsageError("missing DEST after LISTEN '" + std::string(places[0]) + "'");
+cfg.listen = parse_endpoint(places[0], "listen address");
+for (std::size_t i = 1; i < places.size(); ++i)
+  cfg.dests.push_back(parse_endpoint(places[i], "destination"));
+
+@ These functions are the interface that the unit tests use.
+
+@<Interface functions@>=
+std::system_error sys_error(const std::string &what);
+Time now_us();
+std::string addr_to_string(const SockAddr &a);
+SockAddr resolve(const Endpoint &e, const char *what);
+std::string get_addr(std::string_view arg);
+std::string get_port(std::string_view arg);
+std::uint16_t parse_port(std::string_view s);
+Endpoint parse_endpoint(std::string_view arg, const char *what);
+Time parse_duration(std::string_view s);
+std::string format_duration(Time t);
+unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi);
+unsigned cpu_count();
+std::size_t default_max_conn(unsigned workers);
+
+@ {\it The machine.} The number of CPUs is the number this process may run
+on, which |sched_getaffinity| reports; it is smaller than the machine's
+count under \.{taskset} or in a container limited to some CPUs.
+@^Linux dependencies@>
+
+@<Functions@>=
+unsigned cpu_count()
+{
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return unsigned(std::max(1, CPU_COUNT(&set)));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+@ The open-file limit that the balancer will run with is the hard limit
+(|@<Raise the open-file limit...@>|), capped at $2^{20}$, the kernel's
+default ceiling (\.{/proc/sys/fs/nr\_open}).
+
+@<Functions@>=
+rlim_t usable_file_limit(const rlimit &rl)
+{
+  return rl.rlim_max == RLIM_INFINITY ? rlim_t(1) << 20 : std::min(rl.rlim_max, rlim_t(1) << 20);
+}
+
+@ @<Choose the default connection limit@>=
+rlimit rl;
+if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+std::size_t files = usable_file_limit(rl);
+std::size_t reserved = 16 + 2 * std::size_t(workers);
+return files > reserved + 1 ? (files - reserved) / 2 : 0;
+
+@ Each connection needs two descriptors, and the balancer keeps a few for
+itself: the three standard streams, the listener, the signal and wake-up
+descriptors, and two per worker (its |epoll| and its |eventfd|). Sixteen plus
+two per worker leaves some spare for the unforeseen.
+
+@<Functions@>=
+std::size_t default_max_conn(unsigned workers)
+{
+  @<Choose the default connection limit@>@;
+}
+
+@ Reading an |eventfd| resets its counter; the count itself does not matter,
+only that something happened.
+
+@<Functions@>=
+void read_eventfd(int fd)
+{
+  std::uint64_t count;
+  while (read(fd, &count, sizeof count) < 0 && errno == EINTR) continue;
+}
+
+@* Logging.
+IAWLB's |Log| took a global mutex, wrote with |vprintf| to standard output,
+flushed, and released the mutex; ``of course it slows down everything'', its
+author wrote. Every worker that logged waited for the others, and a slow
+terminal or a full pipe on standard output stopped all of them while one held
+the lock. Standard output is also where a program's results go; logs belong
+on standard error.
+@^IAWLB, departures from@>
+
+Our |Log| keeps the name and the |printf|-style arguments, and adds a level.
+It formats the whole line, timestamp and thread name included, into a buffer
+on the caller's stack, and writes it with a single |write| to standard error.
+No lock is needed: the kernel does not interleave the bytes of one |write| to
+a pipe when it is at most |PIPE_BUF| (4096) bytes, which our 1024-byte lines
+never exceed, nor to a terminal or a file opened for appending. A worker
+formatting a line holds nothing that another thread could wait for.
+
+The levels are |error| (the program cannot go on as asked), |warn| (it goes
+on, something is wrong: a destination is down, descriptors ran out), |info|
+(start, stop, a destination back), and |debug| (with \.{-v}: a line per
+connection and every failed trial).
+
+@<Interface types@>=
+enum class Level {@+ error, warn, info, debug@+};
+
+@ The compiler checks each call's arguments against its format, as it does
+for |printf|, thanks to the |format| attribute.
+
+@<Interface functions@>=
+#define IAWLB_PRINTF(a, b) __attribute__((format(printf, a, b)))
+void Log(Level level, const char *fmt, ...) IAWLB_PRINTF(2, 3);
+void set_log_level(Level level);
+void set_thread_name(const char *name);
+
+@ The level is read by every call and written once at start-up, so a relaxed
+atomic suffices: no other data is published through it. The thread's name is
+|thread_local|, set by the thread itself, and also given to the kernel for
+\.{top -H} and \.{gdb}.
+
+@<Functions@>=
+std::atomic<Level> log_level = Level::info;
+thread_local char thread_name[16] = "main";
+void set_log_level(Level level)
+{
+  log_level.store(level, std::memory_order_relaxed);
+}
+void set_thread_name(const char *name)
+{
+  std::snprintf(thread_name, sizeof thread_name, "%s", name);
+  pthread_setname_np(pthread_self(), thread_name);
+}
+
+@ A line looks like this:
+
+\smallskip
+\line{\hskip2em\.{2026-11-25T10:15:02.317Z worker-2 warn: destination 127.0.0.1:9002}\hfil}
+\line{\hskip4em\.{is down: connect: Connection refused; next try in 250ms}\hfil}
+\smallskip
+
+\noindent The time is UTC, so lines from machines in different time zones
+sort together; |gmtime_r| needs no lock, unlike |localtime|, which must read
+the time-zone database.
+
+@<Functions@>=
+std::size_t log_prefix(char *buf, std::size_t size, Level level)
+{
+  static const char *const names[] = {"error", "warn", "info", "debug"};
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  tm t;
+  gmtime_r(&ts.tv_sec, &t);
+  int n = std::snprintf(buf, size, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s: ",
+    t.tm_year + 1900, t.tm_mon + 1, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec,
+    ts.tv_nsec / 1000000, thread_name, names[int(level)]);
+  return n > 0 ? std::min(std::size_t(n), size - 1) : 0;
+}
+
+@ A |write| may write less than asked (a signal, a nearly full pipe); the rest
+is written by the next call. If standard error is gone there is nowhere to
+report it, and the line is dropped.
+
+@<Functions@>=
+void write_all(int fd, const char *p, std::size_t n)
+{
+  while (n > 0) {
+    ssize_t k = write(fd, p, n);
+    if (k < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    p += k;
+    n -= std::size_t(k);
+  }
+}
+
+@ A message too long for the line is cut, never overflowed: |vsnprintf|
+writes at most the space it is given and returns how much it wanted.
+
+@<Functions@>=
+void Log(Level level, const char *fmt, ...)
+{
+  if (level > log_level.load(std::memory_order_relaxed)) return;
+  char line[1024];
+  std::size_t n = log_prefix(line, sizeof line, level);
+  va_list ap;
+  va_start(ap, fmt);
+  int k = std::vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+  va_end(ap);
+  if (k > 0) n += std::min(std::size_t(k), sizeof line - n - 2);
+  line[n++] = '\n';
+  write_all(STDERR_FILENO, line, n);
+}
+
+@i SyncedList.w
+
+@* Corners of slight improvements.
+IAWLB ended with a list of what it lacked. Here is each wish, and where it was
+granted.
+@^IAWLB, departures from@>
+
+\smallskip
+\item{1.} ``It doesn't cope very well with errors.'' Every system call's
+failures are sorted and handled where it is made: |send| and |recv| in
+|relay|, |connect| in |start_connect|, |accept4| in |accept_clients|.
+\item{2.} ``Nor with signaling from the user, e.g.\ to exit gracefully.''
+Chapter Signals and graceful end.
+\item{3.} ``Threads can exit/terminate and they won't be recreated, so that
+certain destination addresses won't receive requests anymore.'' Workers no
+longer belong to a destination and never exit on a destination's failure; the
+destination is marked down and tried again with backoff (chapter Balancing and
+failure).
+\item{4.} ``Requests will accumulate in the list, in theory indefinitely.''
+A client waits at most the queue timeout when no destination is usable, and
+the connection limit leaves the surplus in the kernel's backlog
+(|wait_for_destination|, |expire| and |client_closed|).
+\item{5.} ``For each new enqueued element, the \&{SyncedList}'s method
+|enqueue()| locks the list and wakes up all the threads.'' It now wakes one
+thread per item, and none if none waits (|@<Pop and enqueue@>|).
+\item{6.} ``A method to enqueue several elements altogether, locking only
+once and broadcasting the condition only once.'' The batch |enqueue|, which
+splices at the back instead of the front (same section).
+\item{7.} ``A local list \dots\ flushed whichever condition is met first.
+\dots\ This is an important change I won't do.'' Done, without the timer:
+the batch is whatever is pending when the acceptor wakes
+(|accept_clients|).
+\item{8.} ``We can deal with IPv6\dots\ likely.'' Now certainly: listen and
+destination addresses may be IPv6, and the tests run the balancer on \.{::1}.
+\item{9.} ``I will figure out how to typeset it better later (or maybe
+never).'' Never: |FOREVER| is still a macro.
+\smallskip
+
+@* Index.
