@@ -481,19 +481,41 @@ open files is its real capacity. Many systems start processes with a soft
 limit of 1024 and a hard limit far higher; the soft limit may be raised up to
 the hard one by the process itself, as HAProxy and nginx do, and we do too.
 The default connection limit is then half of what is left after the
-descriptors the balancer needs for itself (|default_max_conn|).
+descriptors the balancer needs for itself (|connection_capacity|).
 
 @<Raise the open-file limit and choose |shared.max_conn|@>=
 rlimit rl;
-if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < usable_file_limit(rl)) {
+if (getrlimit(RLIMIT_NOFILE, &rl) != 0) throw sys_error("getrlimit");
+if (rl.rlim_cur < usable_file_limit(rl)) {
   rl.rlim_cur = usable_file_limit(rl);
-  setrlimit(RLIMIT_NOFILE, &rl);
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
 }
 if (shared.cfg.workers == 0) shared.cfg.workers = cpu_count();
-shared.max_conn = shared.cfg.max_conn ? shared.cfg.max_conn : default_max_conn(shared.cfg.workers);
-if (shared.max_conn == 0)
+std::size_t capacity = connection_capacity(rl.rlim_cur, shared.cfg.workers);
+if (capacity == 0)
   throw std::runtime_error("the open-file limit is too low to relay a single connection");
 @.the open-file limit is too low@>
+shared.max_conn = shared.cfg.max_conn ? shared.cfg.max_conn : capacity;
+@<Lower |shared.max_conn| to what the descriptors allow@>@;
+
+@ A connection limit above what the descriptors allow would be worse than
+useless. An early version obeyed \.{--max-conn 1000} under a limit of 48 open
+files: the acceptor took every free descriptor for clients, no worker could
+then open a socket to a destination, and forty clients sat in the queue until
+their queue timeout closed them, served by nobody; the integration test
+``EMFILE'' caught it once in three runs. So the limit is lowered to the
+capacity, with a warning, as HAProxy does for its \.{maxconn}. The pause on
+|EMFILE| in the server loop remains for descriptors taken by something else
+(|ENFILE|: the whole system is out of them).
+@.--max-conn ... needs more open files@>
+
+@<Lower |shared.max_conn|...@>=
+if (shared.max_conn > capacity) {
+  Log(Level::warn, "--max-conn %zu needs more open files than the limit of %llu; "@|
+    "serving at most %zu clients at once", shared.max_conn, (unsigned long long) rl.rlim_cur,
+    capacity);
+  shared.max_conn = capacity;
+}
 
 @ Every destination is resolved once, at start-up. IAWLB resolved its
 destination in the worker for every client, with a blocking |getaddrinfo| that
@@ -1772,7 +1794,9 @@ for them.
 @<Members of |Worker|@>=
 void dispatch_queue()
 {
-  while (Connection *c = queued.front()) {
+  while (now >= retry_at) {
+    Connection *c = queued.front();
+    if (!c) return;
     Pick p = shared.pool.pick(now);
     if (p.dest < 0) {
       retry_at = p.retry_at;
@@ -1787,7 +1811,13 @@ void dispatch_queue()
 queue. That client may come back to the front at once, if its connect fails
 immediately; but a failure marks the destination down until a later time, so
 each such turn removes one usable destination, and after at most as many
-turns as there are destinations |pick| returns $-1$.
+turns as there are destinations |pick| returns $-1$. A failure that is not
+the destination's (no descriptor for the socket) does not mark it down; it
+moves |retry_at| 100\,ms ahead instead, which ends the loop at the test of
+the next turn. An earlier version tested only |queued.front()|, and under
+\.{prlimit --nofile=48} it spun at 100\% of a CPU, trying the same client
+again and again: the integration test ``EMFILE'' caught it by measuring the
+balancer's CPU time.
 
 The same argument bounds the tries of a single client, which IAWLB did not
 need since it never retried: each failed connect takes one destination out of
@@ -2081,12 +2111,21 @@ int serve()
     now = now_us();
     if (fds[0].revents) take_signals();
     if (fds[1].revents) read_eventfd(shared.wake.get());
-    if (accepting && fds[2].revents) accept_clients();
+    if (accepting && listener && fds[2].revents) accept_clients();
     @<Follow the graceful end; |return| the exit status when it is complete@>@;
   }
 }
 
-@ @<Members of |Balancer|@>=
+@ One |poll| can report a signal and a pending client together. The signal
+is handled first, and a first signal closes the listener
+(|begin_drain|); so the test for pending clients checks that |listener| is
+still open. Without that test the loop called |accept4| on a closed
+descriptor, failed with |EBADF| and ended with status~1 instead of draining.
+The integration test ``SIGTERM'' met this about one run in three under
+ThreadSanitizer, whose slower start lets the client and the signal arrive in
+the same turn.
+
+@<Members of |Balancer|@>=
 static void watch_in(pollfd &p, int fd)
 {
   p.fd = fd;
@@ -2902,22 +2941,23 @@ rlim_t usable_file_limit(const rlimit &rl)
   return rl.rlim_max == RLIM_INFINITY ? rlim_t(1) << 20 : std::min(rl.rlim_max, rlim_t(1) << 20);
 }
 
-@ @<Choose the default connection limit@>=
-rlimit rl;
-if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
-std::size_t files = usable_file_limit(rl);
-std::size_t reserved = 16 + 2 * std::size_t(workers);
-return files > reserved + 1 ? (files - reserved) / 2 : 0;
-
 @ Each connection needs two descriptors, and the balancer keeps a few for
 itself: the three standard streams, the listener, the signal and wake-up
 descriptors, and two per worker (its |epoll| and its |eventfd|). Sixteen plus
-two per worker leaves some spare for the unforeseen.
+two per worker leaves some spare for the unforeseen. The default shown by
+\.{--help} is the capacity under the limit the balancer will raise itself to.
 
 @<Functions@>=
+std::size_t connection_capacity(rlim_t files, unsigned workers)
+{
+  std::size_t reserved = 16 + 2 * std::size_t(workers);
+  return files > reserved + 1 ? (files - reserved) / 2 : 0;
+}
 std::size_t default_max_conn(unsigned workers)
 {
-  @<Choose the default connection limit@>@;
+  rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+  return connection_capacity(usable_file_limit(rl), workers);
 }
 
 @ Reading an |eventfd| resets its counter; the count itself does not matter,

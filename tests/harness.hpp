@@ -536,14 +536,15 @@ struct VerifyResult {
 };
 
 // Reads until EOF (or error, or timeout), checking every byte against `pat`. Reading
-// stops early on the first mismatch or when more than max_bytes arrive.
-inline VerifyResult recv_verify(int fd, Pattern pat, uint64_t max_bytes, double timeout) {
+// stops early on the first mismatch or when more than max_bytes arrive. Timeout when
+// nothing arrives for `idle_timeout` seconds, or the whole takes over `total_timeout`.
+inline VerifyResult recv_verify(int fd, Pattern pat, uint64_t max_bytes, double idle_timeout, double total_timeout) {
     VerifyResult r;
-    Deadline d(timeout);
+    Deadline total(total_timeout);
     std::vector<char> buf(256 * 1024), want(256 * 1024);
     for (;;) {
         size_t k = 0;
-        Io st = recv_some(fd, buf.data(), buf.size(), d, &k);
+        Io st = recv_some(fd, buf.data(), buf.size(), Deadline(std::min(idle_timeout, total.left())), &k);
         if (st != Io::Ok) {
             r.status = st;
             return r;

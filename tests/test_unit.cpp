@@ -1,0 +1,479 @@
+// Unit tests for the pure parts of iawlb: the SyncedList, the command-line
+// and address parser, and the balancing and backoff rules of the Pool.
+// Linked with build/iawlb.o (everything but main) and Catch2's main.
+#include <catch2/catch.hpp>
+
+#include "iawlb.hpp"
+
+#include <arpa/inet.h>
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <numeric>
+#include <set>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+// ------------------------------------------------------------- SyncedList
+
+TEST_CASE("SyncedList: single enqueue and pop keep FIFO order", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    CHECK(l.enqueue(1) == 0);  // was empty
+    CHECK(l.enqueue(2) == 1);
+    CHECK(l.enqueue(3) == 2);
+    int x = 0;
+    for (int want = 1; want <= 3; ++want) {
+        REQUIRE(l.pop(&x));
+        CHECK(x == want);
+    }
+    CHECK(l.size() == 0);
+}
+
+TEST_CASE("SyncedList: batch enqueue keeps FIFO order", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    l.enqueue(0);
+    std::list<int> batch = {1, 2, 3, 4};
+    CHECK(l.enqueue(batch) == 1);  // one was waiting before
+    CHECK(batch.empty());          // the batch was spliced, not copied
+    std::list<int> more = {5, 6};
+    CHECK(l.enqueue(more) == 5);
+    std::list<int> all = l.drain();
+    std::vector<int> got(all.begin(), all.end());
+    CHECK(got == std::vector<int>{0, 1, 2, 3, 4, 5, 6});
+    CHECK(l.drain().empty());
+}
+
+TEST_CASE("SyncedList: an empty batch changes nothing", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    std::list<int> none;
+    CHECK(l.enqueue(none) == 0);
+    CHECK(l.size() == 0);
+    int x;
+    CHECK_FALSE(l.pop(&x, 10ms));
+}
+
+TEST_CASE("SyncedList: timed pop times out on an empty list", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    int x = -1;
+    auto t0 = std::chrono::steady_clock::now();
+    CHECK_FALSE(l.pop(&x, 100ms));
+    auto waited = std::chrono::steady_clock::now() - t0;
+    CHECK(waited >= 100ms);
+    CHECK(waited < 5s);
+    CHECK(x == -1);
+}
+
+TEST_CASE("SyncedList: timed pop returns an item enqueued while waiting", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    int x = 0;
+    std::thread producer([&l] {
+        std::this_thread::sleep_for(50ms);
+        l.enqueue(42);
+    });
+    CHECK(l.pop(&x, 5000ms));
+    CHECK(x == 42);
+    producer.join();
+}
+
+TEST_CASE("SyncedList: close releases every waiting thread", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    constexpr int n = 8;
+    std::atomic<int> released{0}, got_item{0};
+    std::vector<std::thread> waiters;
+    for (int i = 0; i < n; ++i)
+        waiters.emplace_back([&] {
+            int x;
+            if (l.pop(&x)) ++got_item;
+            ++released;
+        });
+    std::this_thread::sleep_for(50ms);
+    CHECK(released == 0);
+    l.close();
+    for (auto &t : waiters) t.join();
+    CHECK(released == n);
+    CHECK(got_item == 0);
+    CHECK(l.closed());
+}
+
+TEST_CASE("SyncedList: items enqueued before close are still delivered", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    l.enqueue(7);
+    l.enqueue(8);
+    l.close();
+    int x = 0;
+    REQUIRE(l.pop(&x));
+    CHECK(x == 7);
+    REQUIRE(l.pop(&x, 10ms));
+    CHECK(x == 8);
+    CHECK_FALSE(l.pop(&x));
+}
+
+TEST_CASE("SyncedList: enqueue after close is a checked error", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    l.close();
+    CHECK_THROWS_AS(l.enqueue(1), std::logic_error);
+    std::list<int> b = {1};
+    CHECK_THROWS_AS(l.enqueue(b), std::logic_error);
+}
+
+TEST_CASE("SyncedList: carries move-only items", "[unit][syncedlist]")
+{
+    SyncedList<std::unique_ptr<int>> l;
+    l.enqueue(std::make_unique<int>(5));
+    std::unique_ptr<int> p;
+    REQUIRE(l.pop(&p));
+    REQUIRE(p);
+    CHECK(*p == 5);
+}
+
+TEST_CASE("SyncedList: many producers and consumers lose and duplicate nothing", "[unit][syncedlist]")
+{
+    SyncedList<int> l;
+    constexpr int producers = 4, consumers = 4, per_producer = 20000, batch = 7;
+    std::vector<std::vector<int>> taken(consumers);
+    std::vector<std::thread> threads;
+    for (int c = 0; c < consumers; ++c)
+        threads.emplace_back([&, c] {
+            int x;
+            while (l.pop(&x)) taken[c].push_back(x);
+        });
+    std::vector<std::thread> makers;
+    for (int p = 0; p < producers; ++p)
+        makers.emplace_back([&, p] {
+            int base = p * per_producer;
+            for (int i = 0; i < per_producer;) {
+                if (i % 3 == 0) {
+                    l.enqueue(base + i);
+                    ++i;
+                } else {
+                    std::list<int> b;
+                    for (int k = 0; k < batch && i < per_producer; ++k, ++i) b.push_back(base + i);
+                    l.enqueue(b);
+                }
+            }
+        });
+    for (auto &t : makers) t.join();
+    l.close();
+    for (auto &t : threads) t.join();
+
+    std::vector<int> all;
+    for (auto &v : taken) all.insert(all.end(), v.begin(), v.end());
+    REQUIRE(all.size() == std::size_t(producers * per_producer));
+    std::sort(all.begin(), all.end());
+    for (int i = 0; i < producers * per_producer; ++i) REQUIRE(all[i] == i);
+    // Each consumer saw each producer's items in the order they were made.
+    for (auto &v : taken)
+        for (int p = 0; p < producers; ++p) {
+            int last = -1;
+            for (int x : v)
+                if (x / per_producer == p) {
+                    REQUIRE(x > last);
+                    last = x;
+                }
+        }
+}
+
+// ------------------------------------------------------------- addresses
+
+TEST_CASE("get_addr and get_port split the three forms", "[unit][parse]")
+{
+    CHECK(get_addr("9001") == "");
+    CHECK(get_port("9001") == "9001");
+    CHECK(get_addr("10.0.0.5:6379") == "10.0.0.5");
+    CHECK(get_port("10.0.0.5:6379") == "6379");
+    CHECK(get_addr("example.org:80") == "example.org");
+    CHECK(get_addr("[::1]:9001") == "::1");
+    CHECK(get_port("[::1]:9001") == "9001");
+    CHECK(get_addr("[fd00::6]:6379") == "fd00::6");
+    CHECK(get_addr(":8080") == "");
+    CHECK(get_port(":8080") == "8080");
+}
+
+TEST_CASE("parse_endpoint accepts valid places", "[unit][parse]")
+{
+    Endpoint e = parse_endpoint("127.0.0.1:65535", "destination");
+    CHECK(e.host == "127.0.0.1");
+    CHECK(e.port == 65535);
+    CHECK(e.text == "127.0.0.1:65535");
+    CHECK(parse_endpoint("1", "destination").port == 1);
+    CHECK(parse_endpoint("[::1]:443", "destination").host == "::1");
+}
+
+TEST_CASE("parse_endpoint rejects every malformed place, naming it", "[unit][parse]")
+{
+    const char *bad[] = {"0", "70000", "65536", "-1", "abc", "9001:", "[::1", "[::1]", "[::1]9001",
+                         "[]:80", ":", "", "::1:9001", "1:2:3", "123456", "80a", " 80", "host:"};
+    for (const char *b : bad) {
+        INFO("argument '" << b << "'");
+        try {
+            parse_endpoint(b, "destination");
+            FAIL("accepted");
+        } catch (const UsageError &e) {
+            std::string m = e.what();
+            CHECK(m.find(std::string("'") + b + "'") != std::string::npos);
+            CHECK(m.find('\n') == std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("parse_duration and format_duration", "[unit][parse]")
+{
+    CHECK(parse_duration("250ms") == 250 * msec);
+    CHECK(parse_duration("3s") == 3 * sec);
+    CHECK(parse_duration("3") == 3 * sec);
+    CHECK(parse_duration("2m") == 120 * sec);
+    CHECK(parse_duration("1h") == 3600 * sec);
+    CHECK(parse_duration("0") == 0);
+    for (const char *b : {"", "s", "-1", "1.5s", "3x", "10 s", "1000000000", "ms5"})
+        CHECK_THROWS_AS(parse_duration(b), std::invalid_argument);
+    CHECK(format_duration(250 * msec) == "250ms");
+    CHECK(format_duration(3 * sec) == "3s");
+    CHECK(format_duration(300 * sec) == "5m");
+    CHECK(format_duration(7200 * sec) == "2h");
+    CHECK(format_duration(0) == "0s");
+    CHECK(format_duration(1500) == "1500us");
+}
+
+namespace {
+Config parse(std::vector<const char *> args)
+{
+    args.insert(args.begin(), "iawlb");
+    return parse_args(int(args.size()), args.data());
+}
+std::string usage_error(std::vector<const char *> args)
+{
+    try {
+        parse(args);
+    } catch (const UsageError &e) {
+        return e.what();
+    }
+    return "";
+}
+}  // namespace
+
+TEST_CASE("parse_args: defaults and every option", "[unit][parse]")
+{
+    Config c = parse({"8080", "9001", "127.0.0.1:9002", "[::1]:9003"});
+    CHECK(c.listen.port == 8080);
+    CHECK(c.listen.host.empty());
+    REQUIRE(c.dests.size() == 3);
+    CHECK(c.dests[2].host == "::1");
+    CHECK(c.workers == 0);
+    CHECK(c.max_conn == 0);
+    CHECK(c.algorithm == Algorithm::leastconn);
+    CHECK(c.connect_timeout == 3 * sec);
+    CHECK(c.idle_timeout == 300 * sec);
+    CHECK(c.queue_timeout == 10 * sec);
+    CHECK(c.grace == 30 * sec);
+    CHECK(c.backoff_max == 5 * sec);
+    CHECK_FALSE(c.verbose);
+
+    c = parse({"-w", "4", "--max-conn=100", "-a", "roundrobin", "--connect-timeout", "500ms",
+               "--idle-timeout=0", "--queue-timeout", "1m", "--grace", "0", "--backoff-max", "2s",
+               "-v", "127.0.0.1:8080", "9001"});
+    CHECK(c.workers == 4);
+    CHECK(c.max_conn == 100);
+    CHECK(c.algorithm == Algorithm::roundrobin);
+    CHECK(c.connect_timeout == 500 * msec);
+    CHECK(c.idle_timeout == 0);
+    CHECK(c.queue_timeout == 60 * sec);
+    CHECK(c.grace == 0);
+    CHECK(c.backoff_max == 2 * sec);
+    CHECK(c.verbose);
+    CHECK(c.listen.host == "127.0.0.1");
+
+    CHECK(parse({"-w8", "80", "81"}).workers == 8);
+    CHECK(parse({"80", "--", "81"}).dests.size() == 1);
+    CHECK(parse({"--help", "--bogus"}).help);
+    CHECK(parse({"-V"}).version);
+}
+
+TEST_CASE("parse_args: every malformed argument is named in one line", "[unit][parse]")
+{
+    struct Case {
+        std::vector<const char *> args;
+        const char *named;
+    };
+    const Case cases[] = {
+        {{"0", "9001"}, "0"},
+        {{"70000", "9001"}, "70000"},
+        {{"-1", "9001"}, "-1"},
+        {{"abc", "9001"}, "abc"},
+        {{"9000", "9001:"}, "9001:"},
+        {{"9000", "[::1"}, "[::1"},
+        {{"--bogus", "9000", "9001"}, "--bogus"},
+        {{"-w", "0", "9000", "9001"}, "0"},
+        {{"-w", "abc", "9000", "9001"}, "abc"},
+        {{"-w", "2000", "9000", "9001"}, "2000"},
+        {{"--idle-timeout", "xyz", "9000", "9001"}, "xyz"},
+        {{"--connect-timeout", "0", "9000", "9001"}, "--connect-timeout"},
+        {{"--algorithm", "bogus", "9000", "9001"}, "bogus"},
+        {{"9000", "9001", "-w"}, "-w"},
+        {{"-v=1", "9000", "9001"}, "-v"},
+        {{"9000"}, "9000"},
+    };
+    for (const Case &c : cases) {
+        std::string m = usage_error(c.args);
+        INFO("args starting with '" << c.args[0] << "': message '" << m << "'");
+        REQUIRE_FALSE(m.empty());
+        CHECK(m.find(c.named) != std::string::npos);
+        CHECK(m.find('\n') == std::string::npos);
+    }
+    CHECK_FALSE(usage_error({}).empty());
+}
+
+// ------------------------------------------------------------- balancing
+
+namespace {
+SockAddr loopback(std::uint16_t port)
+{
+    SockAddr a;
+    a.in4.sin_family = AF_INET;
+    a.in4.sin_port = htons(port);
+    a.in4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.len = sizeof a.in4;
+    return a;
+}
+void fill(Pool &p, int n)
+{
+    for (int i = 0; i < n; ++i) p.add(loopback(std::uint16_t(9001 + i)));
+}
+}  // namespace
+
+TEST_CASE("backoff doubles from 250 ms up to the cap", "[unit][pool]")
+{
+    CHECK(backoff(1, 5 * sec) == 250 * msec);
+    CHECK(backoff(2, 5 * sec) == 500 * msec);
+    CHECK(backoff(3, 5 * sec) == 1 * sec);
+    CHECK(backoff(5, 5 * sec) == 4 * sec);
+    CHECK(backoff(6, 5 * sec) == 5 * sec);
+    CHECK(backoff(1000000, 5 * sec) == 5 * sec);
+    CHECK(backoff(1, 100 * msec) == 100 * msec);
+    CHECK(backoff(4000000000u, 10 * sec) == 10 * sec);
+}
+
+TEST_CASE("Pool: names are the resolved addresses", "[unit][pool]")
+{
+    Pool p;
+    fill(p, 2);
+    CHECK(p.size() == 2);
+    CHECK(p[0].name == "127.0.0.1:9001");
+    CHECK(p[1].name == "127.0.0.1:9002");
+}
+
+TEST_CASE("Pool: short connections spread evenly, both algorithms", "[unit][pool]")
+{
+    for (Algorithm a : {Algorithm::leastconn, Algorithm::roundrobin}) {
+        Pool p;
+        p.algorithm = a;
+        fill(p, 3);
+        std::vector<int> count(3);
+        for (int i = 0; i < 30; ++i) {
+            Pick k = p.pick(0);
+            REQUIRE(k.dest >= 0);
+            CHECK(k.dest == i % 3);
+            ++count[k.dest];
+            p.connected(k.dest);
+            p.release(k.dest, 0, 0);
+        }
+        CHECK(count == std::vector<int>{10, 10, 10});
+    }
+}
+
+TEST_CASE("Pool: least connections avoids the busy destination", "[unit][pool]")
+{
+    Pool p;
+    fill(p, 3);
+    // Hold five connections on destination 0.
+    for (int i = 0; i < 5; ++i) {
+        Pick k = p.pick(0);
+        REQUIRE(k.dest >= 0);
+        if (k.dest != 0) p.release(k.dest, 0, 0);
+    }
+    int held = int(p.active(0));
+    REQUIRE(held >= 1);
+    // New short connections go to 1 and 2 until they reach the same count.
+    for (int i = 0; i < 10; ++i) {
+        Pick k = p.pick(0);
+        CHECK(k.dest != 0);
+        p.release(k.dest, 0, 0);
+    }
+    Pool r;
+    r.algorithm = Algorithm::roundrobin;
+    fill(r, 2);
+    Pick a = r.pick(0), b = r.pick(0), c = r.pick(0);
+    CHECK(a.dest == 0);
+    CHECK(b.dest == 1);
+    CHECK(c.dest == 0);  // round robin ignores the load
+}
+
+TEST_CASE("Pool: a failed destination is skipped, then tried once after its backoff", "[unit][pool]")
+{
+    Pool p;
+    fill(p, 2);
+    Time now = 1000 * sec;
+    Pick k = p.pick(now);
+    REQUIRE(k.dest == 0);
+    Time wait = 0;
+    CHECK(p.failed(0, now, &wait) == Change::down);
+    CHECK(wait == 250 * msec);
+    CHECK(p.is_down(0));
+    CHECK(p.active(0) == 0);
+    // While it is down, everything goes to 1.
+    for (int i = 0; i < 5; ++i) {
+        Pick q = p.pick(now + 100 * msec);
+        CHECK(q.dest == 1);
+        p.release(q.dest, 0, 0);
+    }
+    // After the backoff, exactly one client is sent to test it.
+    Pick trial = p.pick(now + 300 * msec);
+    Pick other = p.pick(now + 300 * msec);
+    CHECK(((trial.dest == 0) != (other.dest == 0)));
+    int t = trial.dest == 0 ? 0 : 1;
+    (void)t;
+    // The trial fails again: the wait doubles and the state does not change.
+    CHECK(p.failed(0, now + 300 * msec, &wait) == Change::none);
+    CHECK(wait == 500 * msec);
+    // The next trial succeeds: the destination is up again.
+    Pick again = p.pick(now + 900 * msec);
+    while (again.dest != 0) {
+        p.release(again.dest, 0, 0);
+        again = p.pick(now + 900 * msec);
+    }
+    CHECK(p.connected(0) == Change::up);
+    CHECK_FALSE(p.is_down(0));
+    CHECK(p[0].failed == 2);
+}
+
+TEST_CASE("Pool: with every destination down, pick says when to ask again", "[unit][pool]")
+{
+    Pool p;
+    p.backoff_cap = 10 * sec;
+    fill(p, 2);
+    Time now = 50 * sec, wait = 0;
+    Pick a = p.pick(now), b = p.pick(now);
+    p.failed(a.dest, now, &wait);
+    p.failed(b.dest, now + 100 * msec, &wait);
+    Pick none = p.pick(now + 200 * msec);
+    CHECK(none.dest == -1);
+    CHECK(none.retry_at == now + 250 * msec);
+    // A trial in flight makes the answer at most 50 ms away.
+    Pick trial = p.pick(now + 260 * msec);
+    REQUIRE(trial.dest >= 0);
+    Pick later = p.pick(now + 270 * msec);
+    CHECK(later.dest == -1);
+    CHECK(later.retry_at <= now + 270 * msec + 50 * msec);
+    // Abandoning the trial does not blame the destination.
+    p.abandon(trial.dest);
+    CHECK(p.pick(now + 280 * msec).dest == trial.dest);
+}
