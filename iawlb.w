@@ -689,11 +689,7 @@ void stop()
     thread.join();
   }
 }
-void notify()
-{
-  std::uint64_t one = 1;
-  while (write(wake.get(), &one, sizeof one) < 0 && errno == EINTR) continue;
-}
+void notify()@+{@+ write_eventfd(wake.get());@+}
 
 @ These members belong to the worker's thread alone. Connections are owned by
 |conns| through |unique_ptr|; each knows its index there (|slot|), so that
@@ -806,8 +802,7 @@ may stop once its connections are done (chapter Signals and graceful end).
 @<Members of |Worker|@>=
 void on_wake()
 {
-  std::uint64_t count;
-  while (read(wake.get(), &count, sizeof count) < 0 && errno == EINTR) continue;
+  read_eventfd(wake.get());
   Phase phase = shared.phase;
   @<Take the sockets waiting in the inbox@>@;
   if (phase != Phase::running) draining = true;
@@ -2061,11 +2056,7 @@ and watches; if after, the worker's write to |wake| is waiting when |poll|
 starts, and |poll| returns at once.
 
 @<Members of |Shared|@>=
-void notify_acceptor()
-{
-  std::uint64_t one = 1;
-  while (write(wake.get(), &one, sizeof one) < 0 && errno == EINTR) continue;
-}
+void notify_acceptor()@+{@+ write_eventfd(wake.get());@+}
 void client_closed()
 {
   if (active.fetch_sub(1) == max_conn) notify_acceptor();
@@ -2666,10 +2657,12 @@ destination and surprising for a balancer's address.
 std::uint16_t parse_port(std::string_view s)
 {
   if (s.empty()) throw std::invalid_argument("missing port");
-  if (s.size() > 5 || s.find_first_not_of("0123456789") != std::string_view::npos@|
-    || std::stoul(std::string(s)) == 0 || std::stoul(std::string(s)) > 65535)
+  unsigned long n = 0;
+  if (s.size() <= 5 && s.find_first_not_of("0123456789") == std::string_view::npos)
+    n = std::stoul(std::string(s));
+  if (n == 0 || n > 65535)
     throw std::invalid_argument("port '" + std::string(s) + "' is not a number from 1 to 65535");
-  return std::uint16_t(std::stoul(std::string(s)));
+  return std::uint16_t(n);
 }
 
 @ @<Functions@>=
@@ -2916,6 +2909,8 @@ std::string format_duration(Time t);
 unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi);
 unsigned cpu_count();
 std::size_t default_max_conn(unsigned workers);
+void write_eventfd(int fd);
+void read_eventfd(int fd);
 
 @ {\it The machine.} The number of CPUs is the number this process may run
 on, which |sched_getaffinity| reports; it is smaller than the machine's
@@ -2960,10 +2955,19 @@ std::size_t default_max_conn(unsigned workers)
   return connection_capacity(usable_file_limit(rl), workers);
 }
 
-@ Reading an |eventfd| resets its counter; the count itself does not matter,
-only that something happened.
+@ An |eventfd| is a counter in the kernel that |poll| and |epoll| report as
+readable while it is not zero. Writing adds to it, reading returns it and
+resets it to zero; the count itself does not matter here, only that something
+happened. Both calls are atomic, so any thread may write while another
+reads. A write fails only if the counter would pass $2^{64}-2$, which a wake-up
+per connection cannot reach.
 
 @<Functions@>=
+void write_eventfd(int fd)
+{
+  std::uint64_t one = 1;
+  while (write(fd, &one, sizeof one) < 0 && errno == EINTR) continue;
+}
 void read_eventfd(int fd)
 {
   std::uint64_t count;
