@@ -103,7 +103,10 @@ std::list<T> list_; /* the items, oldest at the front */
 bool closed_ = false; /* no more |enqueue| calls will come */
 std::size_t waiting_ = 0; /* threads blocked in |pop| */
 
-@ @<SyncedList includes@>=
+@ The header includes only what it uses: the standard library's list, mutex,
+condition variable and clock.
+
+@<SyncedList includes@>=
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -171,7 +174,9 @@ std::size_t enqueue(std::list<T> &batch)
   return before;
 }
 
-@ @<Throw if the list is closed@>=
+@ The check, shared by both |enqueue|s.
+
+@<Throw if the list is closed@>=
 if (closed_)
   throw std::logic_error("SyncedList: enqueue after close");
 @.SyncedList: enqueue after close@>
@@ -201,7 +206,10 @@ bool pop(T *dst, std::chrono::milliseconds limit)
   return take_front(dst);
 }
 
-@ @<Concurrency management@>=
+@ Both |pop|s end the same way: take the front item if there is one. The
+caller holds the lock.
+
+@<Concurrency management@>=
 bool take_front(T *dst)
 { /* the caller holds |m_| */
   if (list_.empty()) return false;

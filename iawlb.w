@@ -348,13 +348,17 @@ s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"
 "A second signal: close everything and exit at once.\n";
 return s;
 
-@ @<Functions@>=
+@ |usage| returns that text; |main| prints it for \.{--help}.
+
+@<Functions@>=
 std::string usage()
 {
   @<Write the usage text@>@;
 }
 
-@ @<Interface functions@>=
+@ These three are what |main| needs from the implementation.
+
+@<Interface functions@>=
 Config parse_args(int argc, const char *const *argv);
 std::string usage();
 int run(const Config &cfg);
@@ -940,7 +944,11 @@ void handle(const epoll_event &ev)
   @<Act on the event according to |c.state|@>@;
 }
 
-@ @<Decode the event...@>=
+@ The tag bit is masked off to recover the pointer. The mark |closed| is
+the one that |finish| leaves, so this is the test that makes the deferred
+freeing safe.
+
+@<Decode the event...@>=
 Connection &c = *reinterpret_cast<Connection *>(ev.data.u64 & ~std::uint64_t(1));
 bool at_server = ev.data.u64 & 1;
 if (c.state == State::closed) return;
@@ -998,7 +1006,11 @@ void finish(Connection &c, End why)
   @<Move |c| from |conns| to |graveyard|@>@;
 }
 
-@ @<Move |c| from |conns| to |graveyard|@>=
+@ Removing from |conns| moves the last connection into the freed slot and
+tells it its new index, so the vector never has holes and removal costs the
+same whatever the position.
+
+@<Move |c| from |conns| to |graveyard|@>=
 std::size_t i = c.slot;
 graveyard.push_back(std::move(conns[i]));
 if (i + 1 != conns.size()) {
@@ -1052,7 +1064,10 @@ const char *end_name(End e)
   return "?";
 }
 
-@ @<Functions@>=
+@ |close_with_reset| only prepares the reset; the |reset| of the |unique_fd|
+that follows in |finish| is the |close| that sends it.
+
+@<Functions@>=
 void close_with_reset(unique_fd &fd)
 {
   if (!fd) return;
@@ -1188,7 +1203,11 @@ private:@/
   Link<Tag> head_;@/
 };
 
-@ @<Insert |x| in the order of |key|@>=
+@ Sorted insertion walks from the back, where a new key usually belongs, and
+stops at the first element whose key is not larger; equal keys keep their
+order of arrival.
+
+@<Insert |x| in the order of |key|@>=
 void insert_sorted(T *x)
 {
   Link<Tag> *pos = &head_;
@@ -1355,7 +1374,10 @@ void pump(Connection &c)
     ready.push_back(&c);
 }
 
-@ @<Peers and halves@>=
+@ What a half reports after its turn: nothing more to do for now, more to do
+next round, or an error on its source or on its destination.
+
+@<Peers and halves@>=
 enum class Flow {@+ idle, more, src_error, dst_error@+};
 
 @ {\it Relaying one direction.} The loop alternates two steps until neither
@@ -1608,7 +1630,10 @@ private:@/
 };
 Time backoff(unsigned failures, Time cap);
 
-@ @<Functions@>=
+@ |add| is called by the main thread before any worker exists, so it takes no
+lock; the name is computed once here rather than at every log line.
+
+@<Functions@>=
 void Pool::add(const SockAddr &a)
 {
   dests_.emplace_back();
@@ -1724,7 +1749,10 @@ Change Pool::failed(int d, Time now, Time *wait)
   return Change::down;
 }
 
-@ @<Functions@>=
+@ The remaining operations only adjust counts. |is_down| and |active| read
+the state under the lock for the unit tests; the workers never need them.
+
+@<Functions@>=
 void Pool::abandon(int d)
 {
   std::lock_guard<std::mutex> lock(m_);
@@ -2344,7 +2372,10 @@ void begin_drain(const char *why)
     shared.active.load(), format_duration(shared.cfg.grace).c_str());
 }
 
-@ @<Members of |Balancer|@>=
+@ Aborting is the last resort, reached from the loop below or by a second
+signal; it is idempotent, so a third signal changes nothing.
+
+@<Members of |Balancer|@>=
 void abort_connections(const char *why)
 {
   if (shared.phase == Phase::aborting) return;
@@ -2470,7 +2501,12 @@ using Time = std::int64_t; /* microseconds */
 constexpr Time msec = 1000, sec = 1000 * msec;
 constexpr Time forever = std::numeric_limits<Time>::max();
 
-@ @<Functions@>=
+@ |clock_gettime| with |CLOCK_MONOTONIC| runs in user space through the
+kernel's vDSO on Linux, costing tens of nanoseconds, so the worker can read
+the clock once per round without a second thought.
+@^Linux dependencies@>
+
+@<Functions@>=
 Time now_us()
 {
   timespec ts;
@@ -2610,7 +2646,12 @@ struct UsageError : std::runtime_error {@/
   using std::runtime_error::runtime_error;@/
 };
 
-@ @<Functions@>=
+@ The splitter returns views into the argument: no copy until the caller
+keeps a part. A leading bracket announces an IPv6 address; otherwise the
+last colon separates the port, and an earlier colon means an IPv6 address
+written without brackets, which is refused rather than guessed at.
+
+@<Functions@>=
 struct HostPort {@+ std::string_view host, port;@+};
 HostPort split_host_port(std::string_view arg)
 {
@@ -2639,7 +2680,10 @@ HostPort split_host_port(std::string_view arg)
   return hp;
 }
 
-@ @<Functions@>=
+@ IAWLB's two functions keep their names and their meaning: the address part
+(here without brackets, empty when absent) and the port part, both as text.
+
+@<Functions@>=
 std::string get_addr(std::string_view arg)
 {
   return std::string(split_host_port(arg).host);
@@ -2665,7 +2709,10 @@ std::uint16_t parse_port(std::string_view s)
   return std::uint16_t(n);
 }
 
-@ @<Functions@>=
+@ |parse_endpoint| puts the pieces together and turns a reason into a
+message that names the argument: \.{bad destination '9001:': missing port}.
+
+@<Functions@>=
 Endpoint parse_endpoint(std::string_view arg, const char *what)
 {
   try {
@@ -2747,7 +2794,10 @@ std::string format_duration(Time t)
   return std::to_string(t) + "us";
 }
 
-@ @<Functions@>=
+@ A count is at most nine digits, so |std::stoul| cannot overflow, and must lie
+in the range the caller gives.
+
+@<Functions@>=
 unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi)
 {
   if (s.empty() || s.size() > 9 || s.find_first_not_of("0123456789") != std::string_view::npos)
@@ -2826,7 +2876,10 @@ Config parse_args(int argc, const char *const *argv)
   return cfg;
 }
 
-@ @<Split |arg|...@>=
+@ A value glued to a short option starts at its third character; a long
+option carries it after the first `\.='.
+
+@<Split |arg|...@>=
 std::string_view name = arg, value;
 bool glued = false;
 if (arg[1] != '-' && arg.size() > 2) {
@@ -2853,7 +2906,10 @@ if (is(name, "-h", "--help") || is(name, "-V", "--version") || is(name, "-v", "-
   continue;
 }
 
-@ @<Fetch the value...@>=
+@ Every other option takes a value. An option not in the list is refused
+before its value is looked for, so that the message names the option itself.
+
+@<Fetch the value...@>=
 bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || is(name, "-a", "--algorithm") || name == "--connect-timeout"@|
   || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
@@ -2885,7 +2941,10 @@ else if (name == "--queue-timeout") cfg.queue_timeout = duration_option(name, va
 else if (name == "--grace") cfg.grace = duration_option(name, value, true);
 else cfg.backoff_max = duration_option(name, value, false);
 
-@ @<Check and convert the LISTEN...@>=
+@ After the options, the places: exactly one LISTEN and at least one DEST,
+each converted by |parse_endpoint|.
+
+@<Check and convert the LISTEN...@>=
 if (places.empty()) throw UsageError("missing LISTEN and DEST arguments");
 if (places.size() == 1)
   throw UsageError("missing DEST after LISTEN '" + std::string(places[0]) + "'");
