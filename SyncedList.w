@@ -184,7 +184,8 @@ if (closed_)
 @ |pop| waits until there is an item or the list is closed, then takes the
 oldest item if there is one. IAWLB returned |false| when its wait ended with an
 empty list, which could happen on a spurious wake-up, so its workers spun in
-|while (!accepted_sock.pop(&sockcaller));|. Here |false| has a single meaning:
+the loop |while (!accepted_sock.pop(&sockcaller))| until a |pop| succeeded.
+Here |false| has a single meaning:
 closed and empty, nothing more will ever come.
 
 @<Pop and enqueue@>=
@@ -229,8 +230,7 @@ predicate says there is something to do. The loop is what the predicate form
 see it.
 
 @<Concurrency management@>=
-bool ready() const
-{@+ return !list_.empty() || closed_;@+}
+bool ready() const@+{@+ return !list_.empty() || closed_;@+}
 void waitdata(std::unique_lock<std::mutex> &lock)
 {
   ++waiting_;
@@ -242,7 +242,7 @@ void waitdata(std::unique_lock<std::mutex> &lock)
 if the predicate is still false; the caller then finds the list empty.
 
 @<Concurrency management@>=
-void waitdata(std::unique_lock<std::mutex> &lock,
+void waitdata(std::unique_lock<std::mutex> &lock,@/
   std::chrono::steady_clock::time_point deadline)
 {
   ++waiting_;
@@ -312,8 +312,9 @@ fails, and why does nothing hang?
 |list_.cbegin()|. Which assertion of the unit test ``batch enqueue keeps FIFO
 order'' fails first?
 \item{4.} Make |SyncedList| lock-free for one producer and one consumer (a ring
-of atomics, as in Lamport's single-producer queue) and measure |make bench|
-before and after. Is the list ever the bottleneck? Use |perf| or
+of atomics, as in Lamport's single-producer queue) and measure the connection
+rate with \.{wrk -H 'Connection: close'} before and after. Is the list ever the
+bottleneck? Use \.{perf} or
 \.{valgrind --tool=callgrind} to find out before you guess.
 \smallskip
 

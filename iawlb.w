@@ -32,9 +32,16 @@
     \topofcontents
     \line{\hfil Section\hbox to3em{\hss Page}}
     \let\ZZ=\contentsline \readcontents\relax
+    \mark{{{\tensy x}1}{1}{It-Almost-Works Load Balancer}}% the head of page 1
     \vfill\eject\endgroup \fi}
 \frontcontents \nocon \startpdf
 
+@s error x
+@s line x
+@s linger int
+@s rlim_t int
+@s numeric_limits int
+@s FOREVER else
 @s std int
 @s chrono int
 @s string int
@@ -128,8 +135,7 @@ version, the program it wanted to be.
 
 The shape stays. An {\it acceptor} thread accepts connections and pushes the
 accepted sockets on a synchronized FIFO list, the \&{SyncedList}; {\it worker}
-threads pop them, connect to a destination and relay. Figure~1 is that picture
-in words:
+threads pop them, connect to a destination and relay. In one line:
 
 \smallskip
 \centerline{clients $\to$ acceptor $\to$ \&{SyncedList} $\to$ workers
@@ -150,7 +156,7 @@ the same two files. As root, in a clone of the repository:
 \smallskip
 \item{} \.{apt-get update \&\& apt-get install -y make \&\& make deps}
 \hfil\break installs the compiler, CWEB, \TeX\ and the test tools;
-\item{} \.{make} runs |ctangle| and \.{g++} to make \.{./iawlb}, and |cweave|
+\item{} \.{make} runs \.{ctangle} and \.{g++} to make \.{./iawlb}, and \.{cweave}
 and \.{pdftex} to make this book, \.{doc/iawlb.pdf};
 \item{} \.{make check} runs the unit and integration tests;
 \item{} \.{make demo} starts three small web servers and the balancer in front
@@ -181,26 +187,26 @@ from''. The main ones:
 {\def\row#1&#2\cr{\item{$\bullet$}{\it #1}\quad #2\par}
 \row A thread per destination, one connection at a time&
   $\to$ a fixed pool of event-loop workers, each owning many connections
-  (chapter Workers).\cr
+  (chapter {\sl Workers}).\cr
 \row One request and one answer, 256\,KiB at most&
   $\to$ a full-duplex stream of any length, half-close included
-  (chapter The relay).\cr
+  (chapter {\sl The relay}).\cr
 \row A worker died at the first failed connect&
   $\to$ the destination is marked down, the client goes to another one
-  (chapter Balancing and failure).\cr
+  (chapter {\sl Balancing and failure}).\cr
 \row Every |enqueue| woke every worker; batching was ``a change I won't do''&
   $\to$ the acceptor hands over whole batches, one lock and one wake-up each
-  (chapters The server loop and The synchronized FIFO list).\cr
+  (chapters {\sl The server loop} and {\sl The synchronized FIFO list}).\cr
 \row No signals, no graceful end&
   $\to$ \.{SIGTERM} drains the connections in flight
-  (chapter Signals and graceful end).\cr
+  (chapter {\sl Signals and graceful end}).\cr
 \row The listen address was ignored; 32 destinations at most; |listen| with a
   backlog of $1+{}$threads&
   $\to$ every address honoured, no limit, the kernel's full backlog
   (this chapter).\cr
 \row A global mutex around |printf|, to standard output&
   $\to$ one |write| per line, no lock, to standard error
-  (chapter Logging).\cr
+  (chapter {\sl Logging}).\cr
 }
 \smallskip
 
@@ -209,12 +215,12 @@ from''. The main ones:
 and its |enqueue| takes a non-constant reference to a temporary. None of its
 code is kept; its names are.
 
-@ The program is three files, all tangled from this web. \.{iawlb.hpp} is the
+@ The program is four files. Three are tangled from this web: \.{iawlb.hpp} is the
 interface: the types and functions that the tests use as well as the
 program. \.{iawlb.cpp} is everything else. \.{main.cpp} holds only |main|, so
 that the tests can link \.{iawlb.cpp} without it. A fourth file,
 \.{SyncedList.hpp}, comes from \.{SyncedList.w}, included in this book as
-the chapter The synchronized FIFO list.
+the chapter {\sl The synchronized FIFO list}.
 
 IAWLB's outline was ``include files, globals and more, functions, thread code,
 main''. The implementation file keeps that outline.
@@ -271,8 +277,8 @@ int main(int argc, char **argv)
 }
 
 @ IAWLB checked only that there were at least two arguments. Now every
-argument is checked before anything starts, by |parse_args| (chapter Other
-functions and defines), which throws |UsageError| with a message naming the
+argument is checked before anything starts, by |parse_args| (chapter {\sl Other
+functions and defines}), which throws |UsageError| with a message naming the
 argument at fault. The message is one line, with a pointer to the help.
 
 @<Check arguments...@>=
@@ -379,7 +385,7 @@ int run(const Config &cfg)
 @ The |Balancer| is built in the order of IAWLB's |main|: it opens the
 server socket, creates the threads and starts listening. Three steps come first that
 IAWLB did not have: signals are blocked (they must be, before any thread
-exists, as chapter Signals and graceful end explains), the open-file limit is
+exists, as chapter {\sl Signals and graceful end} explains), the open-file limit is
 raised, and the destinations are resolved, so that a misspelt host name stops
 the program before it listens rather than later, in a worker.
 
@@ -402,7 +408,7 @@ explicit Balancer(const Config &cfg)
   @<Log the start-up line@>@;
 }
 
-@ The listen argument is |PORT|, |IP:PORT| or |[IPv6]:PORT|. IAWLB called
+@ The listen argument is \.{PORT}, \.{IP:PORT} or \.{[IPv6]:PORT}. IAWLB called
 |getaddrinfo(NULL, argv[1], ...)|, which looks only at the port: the address
 part was silently dropped, and a balancer told to listen on \.{127.0.0.1:8080}
 listened on every interface, reachable from the network. We honour the
@@ -469,9 +475,9 @@ unique_fd open_listener(const SockAddr &a, bool must)
 queue of four connections in the kernel, and every fifth client that arrived
 while the workers were busy got a refused connection. The backlog is where
 clients wait when the balancer is at its connection limit
-(|accept_clients|, chapter The server loop), so it should be as long as
+(|accept_clients|, chapter {\sl The server loop}), so it should be as long as
 the kernel allows. Linux silently caps the value at
-\.{/proc/sys/net/core/somaxconn} (4096 on this machine), so asking for more
+\.{/proc/sys/net/core/somaxconn} (4096 by default since Linux 5.4), so asking for more
 is harmless and follows the administrator's setting.
 @^IAWLB, departures from@>
 @^Linux dependencies@>
@@ -601,7 +607,7 @@ So a worker becomes an {\it event loop}: one thread that owns many
 connections, asks the kernel with |epoll_wait| which of their sockets are ready,
 and does on each only the work that will not block. The pool of workers is
 fixed, one per CPU by default, and no worker is tied to a destination: each
-picks a destination for each client (chapter Balancing and failure).
+picks a destination for each client (chapter {\sl Balancing and failure}).
 
 @ {\it Ownership.} The rules that make the worker safe without locks on its
 connections are about who owns what:
@@ -621,17 +627,17 @@ acceptor): |inbox|, which has its own lock, |wake|, an |eventfd| whose |write|
 is atomic, and |load|, an atomic counter.
 \item{$\bullet$} What workers share with each other is the |Shared| state:
 the configuration (written once before the threads start, read-only after),
-the destination |Pool| (its own mutex, chapter Balancing and failure), and a
+the destination |Pool| (its own mutex, chapter {\sl Balancing and failure}), and a
 few atomic counters.
 \smallskip
 
-@ The ownership table, in the form of the style guide: each object, the thread
-that owns it, who else may touch it and how.
+@ The ownership table: each object, the thread that owns it, who else may
+touch it, and how that access is made safe.
 @^lock order@>
 
 \smallskip
-{\def\tbl#1&#2&#3&#4\cr{\hbox to\hsize{\hbox to 1.3in{#1\hfil}\hbox to
-1.15in{#2\hfil}\hbox to 2.1in{#3\hfil}\hbox{#4}\hfil}}
+{\def\tbl#1&#2&#3&#4\cr{\hbox to\hsize{\hbox to 1.55in{#1\hfil}\hbox to
+1.05in{#2\hfil}\hbox to 1.9in{#3\hfil}\hbox{#4}\hfil}}
 \tbl{\bf object}&{\bf owner}&{\bf others}&{\bf protected by}\cr
 \tbl|Config| in |Shared|&main thread&every thread reads&immutable after start\cr
 \tbl|Pool| of destinations&|Balancer|&every worker&|Pool::m_| (a leaf lock)\cr
@@ -660,7 +666,7 @@ unsigned id; /* 1, 2, \dots, for the log */
 SyncedList<Accepted> inbox; /* sockets the acceptor has given to this worker */
 unique_fd wake; /* |eventfd|, written when |inbox| becomes non-empty or |shared.phase| changes */
 std::atomic<std::size_t> load = 0; /* connections owned plus sockets in |inbox| */
-std::thread thread;
+std::thread runner; /* the worker's thread */
 @#
 Worker(Shared &s, unsigned i)@/
   @[: shared(s), id(i)@]@+{@+ open();@+}
@@ -677,7 +683,7 @@ void open()
 }
 
 @ A worker's thread is normally joined by the acceptor at the end
-(chapter Signals and graceful end). The destructor covers the other case: the
+(chapter {\sl Signals and graceful end}). The destructor covers the other case: the
 balancer failed to start after some workers were running (say, the third
 |std::thread| could not be created). Destroying a joinable |std::thread|
 calls |std::terminate|, so the destructor asks the thread to stop and joins
@@ -687,10 +693,10 @@ it.
 ~Worker()@+{@+ stop();@+}
 void stop()
 {
-  if (thread.joinable()) {
+  if (runner.joinable()) {
     shared.phase = Phase::aborting;
     notify();
-    thread.join();
+    runner.join();
   }
 }
 void notify()@+{@+ write_eventfd(wake.get());@+}
@@ -703,8 +709,8 @@ orders the timers and the relay need (|@<Intrusive lists@>|).
 
 @<Members of |Worker|@>=
 unique_fd ep; /* the |epoll| instance */
-std::vector<std::unique_ptr<Connection>> conns; /* every connection owned */
-std::vector<std::unique_ptr<Connection>> graveyard; /* closed in this round */
+std::vector<std::unique_ptr<Connection> > conns; /* every connection owned */
+std::vector<std::unique_ptr<Connection> > graveyard; /* closed in this round */
 List<Connection, TimerTag> queued, connecting, relaying; /* each by deadline */
 List<Connection, ReadyTag> ready; /* relaying, with work left for the next round */
 std::vector<Connection *> round; /* scratch for |run_ready| */
@@ -724,7 +730,7 @@ which throws |std::system_error| when the thread cannot be created.
 void process_request(Worker *w);
 void new_dispatcher(Worker &w)
 {
-  w.thread = std::thread(process_request, &w);
+  w.runner = std::thread(process_request, &w);
 }
 
 @ |process_request| is the thread's body. It names the thread (\.{top -H}
@@ -801,7 +807,7 @@ worker awake is not lost either: an |eventfd| keeps its count until read, and
 The order ``phase, then drain'' matters at the end. The acceptor closes every
 inbox {\it before} it changes the phase. A worker that reads the new phase and
 then drains is therefore certain to get every socket ever enqueued for it, and
-may stop once its connections are done (chapter Signals and graceful end).
+may stop once its connections are done (chapter {\sl Signals and graceful end}).
 
 @<Members of |Worker|@>=
 void on_wake()
@@ -813,16 +819,17 @@ void on_wake()
   if (phase == Phase::aborting) abort_all();
 }
 
-@ This is IAWLB's ``Wait for a pushed socket'', which was
-|while (!accepted_sock.pop(&sockcaller));|: one blocking |pop| at a time. The
-worker takes the whole batch in one |drain| and adopts each socket.
+@ This is IAWLB's ``Wait for a pushed socket'', which took one socket per
+blocking |pop| in the loop
+$$\hbox{|while (!accepted_sock.pop(&sockcaller))|}$$
+The worker now takes the whole batch in one |drain| and adopts each socket.
 
 @<Take the sockets waiting in the inbox@>=
 std::list<Accepted> batch = inbox.drain();
 for (@[Accepted &a : batch@]) adopt(a);
 
 @ {\it A connection} is the pair of sockets, client side and server side, and
-the state of the two directions between them (chapter The relay). It is in
+the state of the two directions between them (chapter {\sl The relay}). It is in
 one of four states:
 
 \smallskip
@@ -870,7 +877,7 @@ struct Accepted {@/
 };
 
 @ Adopting an accepted socket creates its |Connection|, registers the client
-socket with |epoll|, and dispatches it (chapter Balancing and failure). If
+socket with |epoll|, and dispatches it (chapter {\sl Balancing and failure}). If
 |epoll_ctl| fails (the kernel's limit on watched descriptors, or memory), the
 client is closed: there is no way to serve a socket we cannot watch.
 
@@ -957,7 +964,7 @@ if (c.state == State::closed) return;
 socket whether the |connect| worked. In the two waiting states the client's
 bytes stay in the kernel until there is a destination to send them to; only a
 client that is gone (reset, or closed in both directions) ends the wait.
-A client that merely half-closed (as \.{echo x \pipe\ nc} does) still wants its
+A client that merely half-closed (as \.{echo x \pipe{} nc} does) still wants its
 answer, so |EPOLLRDHUP| alone does not end it.
 
 @<Act on the event...@>=
@@ -988,7 +995,7 @@ idle timeout, the end of the grace period) close normally.
 @<Members of |Worker|@>=
 void finish(Connection &c, End why)
 {
-  @<Log the finished connection if |-v| was given@>@;
+  @<Log the finished connection if \.{-v} was given@>@;
   @<Tell the pool that |c| no longer uses its destination@>@;
   if (why == End::client_error || why == End::server_error) {
     close_with_reset(c.client.fd);
@@ -1034,7 +1041,7 @@ if (c.dest >= 0) {
 HAProxy's \.{tcplog}: who, where to, how it ended, bytes each way (``up'' is
 client to server), the time until the destination answered the |connect|
 (queueing and retries included), and the whole duration. The line is
-formatted by the worker itself without any lock (chapter Logging).
+formatted by the worker itself without any lock (chapter {\sl Logging}).
 @.-v, line per connection@>
 
 @<Log the finished...@>=
@@ -1112,9 +1119,9 @@ Connection *due(List<Connection, TimerTag> &l, Time timeout)
 void expire()
 {
   const Config &cfg = shared.cfg;
-  while (Connection *c = due(connecting, cfg.connect_timeout)) connect_failed(*c, ETIMEDOUT);
-  while (Connection *c = due(relaying, cfg.idle_timeout)) finish(*c, End::idle_timeout);
-  while (Connection *c = due(queued, cfg.queue_timeout)) finish(*c, End::queue_timeout);
+  while (@[Connection *c = due(connecting, cfg.connect_timeout)@]) connect_failed(*c, ETIMEDOUT);
+  while (@[Connection *c = due(relaying, cfg.idle_timeout)@]) finish(*c, End::idle_timeout);
+  while (@[Connection *c = due(queued, cfg.queue_timeout)@]) finish(*c, End::queue_timeout);
 }
 
 @ Each of those loops ends because each of its steps takes the front
@@ -1287,7 +1294,7 @@ closes both sockets, the other one with a reset (|finish|).
 \smallskip
 
 @ A |Peer| is one socket with what the worker knows about it: whether it may
-be readable or writable (the edge-triggered flags of
+be readable or writable (the edge-triggered flags
 described with |watch|), and whether the peer has announced
 the end of its stream with |EPOLLRDHUP|.
 
@@ -1516,7 +1523,7 @@ it is still relaying: the events of this round may have closed it.
 void run_ready()
 {
   round.clear();
-  while (Connection *c = ready.front()) {
+  while (@[Connection *c = ready.front()@]) {
     List<Connection, ReadyTag>::remove(c);
     round.push_back(c);
   }
@@ -1528,10 +1535,11 @@ void run_ready()
 
 \smallskip
 \item{1.} Remove the |shutdown| in |@<Give back an empty buffer...@>|
-and predict what \.{echo x \pipe\ nc 127.0.0.1 8080} prints in front of an echo
+and predict what \.{echo x \pipe{} nc 127.0.0.1 8080} prints in front of an echo
 server. Then try it. Which integration test fails?
-\item{2.} Change |buffer_size| to 4\,KiB and to 1\,MiB and run \.{make
-bench}. Plot throughput against buffer size. Where does the curve flatten, and
+\item{2.} Change |buffer_size| to 4\,KiB and to 1\,MiB and time a \.{curl}
+download of a 1\,GiB file through the balancer for each. Plot throughput
+against buffer size. Where does the curve flatten, and
 why does memory per idle connection not change?
 \item{3.} Linux can move bytes between two sockets without copying them
 through user memory: |splice| from the source socket into a pipe and from the
@@ -1582,7 +1590,12 @@ struct Destination {@/
   std::atomic<std::uint64_t> bytes_up = 0, bytes_down = 0;@/
 };
 
-@ The pool's interface. Each operation is called by a worker thread:
+@ The pool's interface. The workers call the five operations below; the
+main thread calls |add| before any worker exists, and the unit tests read
+|is_down| and |active|.
+
+\smallskip
+\noindent The operations:
 
 \smallskip
 \item{} |pick(now)| chooses a usable destination and counts a connection on
@@ -1676,12 +1689,12 @@ Pick Pool::pick(Time now)
     if (algorithm == Algorithm::roundrobin) {@+ best = int(k);@+ break;@+}
     if (best < 0 || dests_[k].active < dests_[best].active) best = int(k);
   }
-  if (best < 0) return Pick{-1, next_retry(now)};
+  if (best < 0) return @[Pick{-1, next_retry(now)}@];
   Destination &d = dests_[best];
   cursor_ = (std::size_t(best) + 1) % n;
   ++d.active;
   if (d.down) d.trial = true;
-  return Pick{best, 0};
+  return @[Pick{best, 0}@];
 }
 
 @ When nothing is usable, every destination is down and either waiting for
@@ -2015,7 +2028,7 @@ the pending connection that caused the failure was still pending.
 @^IAWLB, departures from@>
 
 Our acceptor sleeps in |poll| on three descriptors: the signal descriptor
-(chapter Signals and graceful end), its own |eventfd| |shared.wake|, on which
+(chapter {\sl Signals and graceful end}), its own |eventfd| |shared.wake|, on which
 workers tell it that they freed a place or finished, and the listening socket,
 which it watches only while it is willing to accept. When clients are
 pending it accepts all of them, until |accept4| says |EAGAIN|, and hands them
@@ -2099,8 +2112,8 @@ in the reverse order of their declaration, so the workers, which refer to
 Shared shared;
 SockAddr listen_addr;
 unique_fd listener, signals;
-std::vector<std::unique_ptr<Worker>> workers;
-std::vector<std::list<Accepted>> batches; /* one per worker */
+std::vector<std::unique_ptr<Worker> > workers;
+std::vector<std::list<Accepted> > batches; /* one per worker */
 std::size_t next_worker = 0; /* where the next scan for a worker starts */
 Time now = 0;
 Time paused_until = 0; /* no |accept4| before this, after |EMFILE| */
@@ -2112,7 +2125,6 @@ bool accept_failing = false;
 decide whether to accept, sleep in |poll|, then act on what woke it: signals,
 a worker's news, pending clients. Then follow the graceful end, if one has
 begun; that is where the loop returns.
-@.poll@>
 
 @<Members of |Balancer|@>=
 int serve()
@@ -2261,7 +2273,7 @@ Worker &choose_worker()
 
 @ Each non-empty batch is spliced into its worker's inbox in one |enqueue|,
 and the worker is woken only if its inbox was empty; otherwise a wake-up is
-already on its way (|on_wake| in chapter Workers).
+already on its way (|on_wake| in chapter {\sl Workers}).
 The successful accept after a pause ends the ``out of resources'' episode.
 @.accepting again@>
 
@@ -2338,7 +2350,7 @@ by the kernel from this instant; a load balancer in front of ours, or a
 client's retry, sends them elsewhere.
 \item{3.} The acceptor closes every worker's inbox, then sets the phase to
 |draining|, then wakes every worker. (The order matters:
-|on_wake| in chapter Workers.)
+|on_wake| in chapter {\sl Workers}.)
 \item{4.} Each worker drains its inbox one last time and goes on serving its
 connections, queued clients included, until it has none; then its thread
 returns, after telling the acceptor.
@@ -2404,7 +2416,7 @@ if (shared.phase != Phase::running && shared.workers_done == workers.size()) ret
 @<Members of |Balancer|@>=
 int finish_up()
 {
-  for (@[auto &w : workers@]) w->thread.join();
+  for (@[auto &w : workers@]) w->runner.join();
   for (std::size_t i = 0; i < shared.pool.size(); ++i) {
     const Destination &d = shared.pool[i];
     Log(Level::info, "destination %s: %llu connections, %llu failed connects, "@|
@@ -2566,8 +2578,9 @@ std::system_error sys_error(const std::string &what)
 @ {\it Addresses.} A |SockAddr| holds an IPv4 or IPv6 socket address. The
 union lets the code read the family through |sa| and the details through
 |in4| or |in6|; the three structures begin with the same family field, which
-the language allows to be read through any of them. At 28 bytes it is a
-fifth of a |sockaddr_storage|, which matters in a record kept per connection.
+the language allows to be read through any of them. With its length it takes
+32 bytes, a quarter of a |sockaddr_storage|, which matters in a record kept
+per connection.
 
 @<Basic types@>=
 struct SockAddr {@/
@@ -2623,7 +2636,7 @@ SockAddr any_address(int family, std::uint16_t port)
 }
 
 @ {\it Parsing an address argument.} The command line names places as
-|PORT|, |HOST:PORT| or |[IPv6]:PORT|. An |Endpoint| keeps the text as typed
+\.{PORT}, \.{HOST:PORT} or \.{[IPv6]:PORT}. An |Endpoint| keeps the text as typed
 (for messages), the host without brackets (empty if none was given), and the
 port.
 
@@ -2815,8 +2828,8 @@ bool is(std::string_view name, const char *brief, const char *full)
 {
   return name == brief || name == full;
 }
-unsigned long count_option(std::string_view name, std::string_view value, unsigned long lo,
-  unsigned long hi)
+unsigned long count_option(std::string_view name, std::string_view value,@/
+  unsigned long lo, unsigned long hi)
 {
   try {
     return parse_count(value, lo, hi);
@@ -2847,7 +2860,7 @@ an option, anything else is a place (LISTEN first, then the DESTs), and
 `\.{--}' ends the options. An option's value is the next argument, or follows
 an `\.=' (\.{--workers=4}), or is glued to a short option (\.{-w4}).
 
-The parser has no side effects: it prints nothing and exits nothing, and it
+The parser has no side effects: it never prints and never exits, and it
 reports the first problem as a |UsageError| naming the argument. That makes it
 easy to test, and to fuzz.
 
@@ -3063,7 +3076,7 @@ for |printf|, thanks to the |format| attribute.
 
 @<Interface functions@>=
 #define IAWLB_PRINTF(a, b) __attribute__((format(printf, a, b)))
-void Log(Level level, const char *fmt, ...) IAWLB_PRINTF(2, 3);
+void Log(Level level, const char *fmt, ...)@t\ @>IAWLB_PRINTF(2, 3);
 void set_log_level(Level level);
 void set_thread_name(const char *name);
 
@@ -3162,8 +3175,8 @@ Chapter Signals and graceful end.
 \item{3.} ``Threads can exit/terminate and they won't be recreated, so that
 certain destination addresses won't receive requests anymore.'' Workers no
 longer belong to a destination and never exit on a destination's failure; the
-destination is marked down and tried again with backoff (chapter Balancing and
-failure).
+destination is marked down and tried again with backoff (chapter {\sl Balancing and
+failure}).
 \item{4.} ``Requests will accumulate in the list, in theory indefinitely.''
 A client waits at most the queue timeout when no destination is usable, and
 the connection limit leaves the surplus in the kernel's backlog

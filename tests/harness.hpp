@@ -606,6 +606,21 @@ inline std::vector<std::string> split_lines(const std::string& s) {
     return out;
 }
 
+// The first sanitizer report in a process's output (with the lines after it), or "".
+// UBSan and ThreadSanitizer go on after a report, so a test has to look for them.
+inline std::string sanitizer_report(const std::string& log, size_t max_lines = 30) {
+    static const char* const marks[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
+                                        "ERROR: ThreadSanitizer", "runtime error:", "ERROR: UndefinedBehaviorSanitizer"};
+    size_t at = std::string::npos;
+    for (const char* m : marks) at = std::min(at, log.find(m));
+    if (at == std::string::npos) return "";
+    at = log.rfind('\n', at);
+    at = at == std::string::npos ? 0 : at + 1;
+    size_t end = at;
+    for (size_t i = 0; i < max_lines && end != std::string::npos; ++i) end = log.find('\n', end + 1);
+    return log.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
+
 // A temporary directory, removed with its contents on destruction.
 class TempDir {
 public:
