@@ -372,8 +372,9 @@ int run(const Config &cfg);
 @ |run| is the balancer's life, from the first system call to the last. It
 builds a |Balancer| and calls |serve|, the acceptor's loop, which returns the
 exit status when the balancer has ended. The |Balancer| object gathers what
-IAWLB's |main| kept in local variables: the listening socket, the workers and
-the destinations.
+IAWLB's |main| kept in local variables: the listening socket (its
+|serversock|), the workers (its array |thr| of |thr_num| threads) and the
+destinations.
 
 @<Run the balancer@>=
 int run(const Config &cfg)
@@ -655,8 +656,10 @@ touch it, and how that access is made safe.
 other lock or any system call. With no nesting there is no lock order to get
 wrong, and no deadlock is possible.
 
-@ A |Worker| holds what the acceptor needs to reach it, then the state of its
-event loop. Its constructor creates the |eventfd| and the |epoll| instance and
+@ A |Worker| replaces IAWLB's |thr_info| record, which held a thread, its
+index, its destination's address and port, and a status and message that
+nobody read. It holds what the acceptor needs to reach it, then the state of
+its event loop. Its constructor creates the |eventfd| and the |epoll| instance and
 registers the first with the second, marked by a zero in |data.u64|; no
 connection has that mark (|@<Decode the event...@>|).
 
@@ -2183,6 +2186,9 @@ once; under heavy load batches grow by themselves and the cost per socket
 falls. A timer would only add delay.
 @^IAWLB, departures from@>
 
+IAWLB's loop called |accept| with a |sockaddr_storage| named |caller_addr|
+and pushed the socket |ax_sock|; ours fills the |SockAddr| of an |Accepted|
+record, which carries the socket and the address together to the worker.
 The sockets are |SOCK_NONBLOCK| from birth (|accept4| sets it in the same
 system call), because the workers use them non-blocking, and |SOCK_CLOEXEC|,
 so that no descriptor leaks into a program the balancer might ever start.
@@ -3047,7 +3053,7 @@ void read_eventfd(int fd)
 }
 
 @* Logging.
-IAWLB's |Log| took a global mutex, wrote with |vprintf| to standard output,
+IAWLB's |Log| took a global mutex, |logmu|, wrote with |vprintf| to standard output,
 flushed, and released the mutex; ``of course it slows down everything'', its
 author wrote. Every worker that logged waited for the others, and a slow
 terminal or a full pipe on standard output stopped all of them while one held

@@ -948,7 +948,13 @@ TEST_CASE("SIGPIPE never kills it: peers vanish while it writes to them", "[inte
     auto lb_down = start_balancer({listen_arg(ports[0]), src->address()});
     auto lb_up = start_balancer({listen_arg(ports[1]), up->address()});
 
-    // Clients that reset while the balancer is writing to them.
+    // Clients that close (FIN) at once while the stream to them starts: the balancer's
+    // writes meet a reset, then EPIPE. And clients that reset in the middle of it.
+    for (int i = 0; i < 20; ++i) {
+        Fd c = connect_to(kLo, ports[0]);
+        REQUIRE(c);
+        c.reset();
+    }
     for (int i = 0; i < 5; ++i) {
         Fd c = connect_to(kLo, ports[0]);
         REQUIRE(c);
@@ -981,7 +987,7 @@ TEST_CASE("SIGPIPE never kills it: peers vanish while it writes to them", "[inte
 }
 
 // 20
-TEST_CASE("--idle-timeout closes idle connections only; 0 means never", "[integration]") {
+TEST_CASE("idle timeout (--idle-timeout): closes idle connections only; 0 means never", "[integration]") {
     auto echo = Backend::make(Kind::Echo, "E20");
     const auto ports = free_ports(2);
     REQUIRE(ports.size() == 2);
@@ -1017,7 +1023,7 @@ TEST_CASE("--idle-timeout closes idle connections only; 0 means never", "[integr
 }
 
 // 21
-TEST_CASE("--connect-timeout: a destination that never answers is skipped", "[integration]") {
+TEST_CASE("connect timeout (--connect-timeout): a destination that never answers is skipped", "[integration]") {
     // A listener with a full accept queue drops SYNs: connecting to it hangs.
     Fd blackhole = listen_socket(kLo, 0, true, /*backlog=*/0);
     REQUIRE(blackhole);
