@@ -1401,7 +1401,7 @@ its stream has that end forwarded.
 Flow relay(Connection &c, Half &h, Peer &src, Peer &dst)
 {
   std::size_t budget = round_budget;
-  for (;;) {
+  FOREVER {
     if (h.head < h.tail) {
       @<Send what |h| holds to |dst|; |break| if |dst| is full, |return| on error@>@;
     }
