@@ -107,7 +107,16 @@ $(BUILD)/doc/iawlb.tex: $(WEBS)
 	cd $(BUILD)/doc && CWEBINPUTS=$(CURDIR) cweave $(CURDIR)/iawlb.w - iawlb.tex; \
 	  rc=$$?; if [ $$rc -ge 10 ]; then exit $$rc; fi
 
-$(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex
+# The figures are MetaPost programs in doc/figures.mp; mpost writes one
+# figures-N.mps file per figure next to the TeX file that places them.
+$(BUILD)/doc/figures.stamp: doc/figures.mp
+	@mkdir -p $(BUILD)/doc
+	cp doc/figures.mp $(BUILD)/doc/figures.mp
+	cd $(BUILD)/doc && mpost -interaction=nonstopmode -halt-on-error figures.mp >/dev/null \
+	  || { tail -20 figures.log; exit 1; }
+	@touch $@
+
+$(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp
 	cd $(BUILD)/doc && rm -f iawlb.toc && pdftex -interaction=nonstopmode -halt-on-error iawlb.tex >/dev/null \
 	  && pdftex -interaction=nonstopmode -halt-on-error iawlb.tex >/dev/null \
 	  || { tail -30 iawlb.log; exit 1; }

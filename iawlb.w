@@ -21,6 +21,9 @@
 \def\V{\mathbin{\hbox{\tt\char124\char124}}}
 \def\pipe{\char124 } % a vertical bar inside \.{...}
 \emergencystretch=2em % lets TeX loosen a line around a long identifier
+\input supp-pdf.mkii % \convertMPtoPDF places the MetaPost figures of doc/figures.mp
+\def\figure#1#2{\medskip\centerline{\convertMPtoPDF{figures-#1.mps}{1}{1}}
+  \smallskip\centerline{\eightrm Figure #1. #2}\medskip}
 % The contents go on the first page, with the title. cwebmac writes them to
 % iawlb.toc at the end of a run and prints them last; the Makefile runs pdftex
 % twice, and the second run reads the first run's file here. \nocon drops the
@@ -135,12 +138,14 @@ version, the program it wanted to be.
 
 The shape stays. An {\it acceptor} thread accepts connections and pushes the
 accepted sockets on a synchronized FIFO list, the \&{SyncedList}; {\it worker}
-threads pop them, connect to a destination and relay. In one line:
+threads pop them, connect to a destination and relay. Figure~1 shows the
+threads and what each hands to the next: the acceptor appends batches of
+accepted sockets to one \&{SyncedList} per worker and wakes the worker
+through an |eventfd| (dashed); the worker drains its list, asks the shared
+|Pool| which destination to use (dotted), connects and relays.
 
-\smallskip
-\centerline{clients $\to$ acceptor $\to$ \&{SyncedList} $\to$ workers
-$\to$ destinations}
-\smallskip
+\figure1{The architecture: one acceptor, one inbox and one event loop per
+worker, any destination from any worker.}
 
 \noindent What changes is what a worker is. In IAWLB a worker was a thread tied
 to {\it one} destination, serving {\it one} connection at a time, for {\it one}
