@@ -852,7 +852,11 @@ descriptor);
 another destination (|connecting| again); every state can go to |closed|. In
 each of the first three states the connection sits in the timer list of the
 same name, ordered by deadline, so one timer list per state tells the loop
-when to wake.
+when to wake. Figure~2 draws the states and what moves a connection from one
+to the next; the relaying state is split by its two half-closes, which
+chapter {\sl The relay} explains.
+
+\figure2{The life of one connection. Dashed: the ways it can end early.}
 
 @<Connection record@>=
 enum class State : std::uint8_t {@+ queued, connecting, relaying, closed@+};
@@ -1727,7 +1731,15 @@ cap (\.{--backoff-max}, 5\,s by default): 250\,ms, 500\,ms, 1\,s, 2\,s, 4\,s,
 5\,s, 5\,s,~\dots. A destination that is restarting is found again within a
 quarter of a second; one that is down for an hour costs one failed connect
 every five seconds, and is back in service at most five seconds after it
-returns. The doubling stops at the cap before it can overflow.
+returns. The doubling stops at the cap before it can overflow. Figure~3
+follows one destination whose server stops at 1\,s and starts again at
+9\,s: five failed trials, then a success at 13.75\,s, when the 5\,s cap
+has run out. Meanwhile every client went to the other destinations, except
+the client that met the first failure and the five sent on a trial, and
+each of those six was sent on at once.
+
+\figure3{A destination down from 1\,s to 9\,s, as the pool sees it:
+$\times$ a failed trial, $\circ$ the trial that brings it back.}
 
 @<Functions@>=
 Time backoff(unsigned failures, Time cap)
