@@ -1374,12 +1374,12 @@ the ready list to continue in the next round.
 void pump(Connection &c)
 {
   std::uint64_t before = c.up.bytes + c.down.bytes;
-  Flow up = relay(c, c.up, c.client, c.server);
+  Flow up = relay(c, c.up, c.down, c.client, c.server);
   if (up == Flow::src_error || up == Flow::dst_error) {
     finish(c, up == Flow::src_error ? End::client_error : End::server_error);
     return;
   }
-  Flow down = relay(c, c.down, c.server, c.client);
+  Flow down = relay(c, c.down, c.up, c.server, c.client);
   if (down == Flow::src_error || down == Flow::dst_error) {
     finish(c, down == Flow::src_error ? End::server_error : End::client_error);
     return;
@@ -1407,7 +1407,7 @@ the loop, an empty window gives its buffer back, and a source that has ended
 its stream has that end forwarded.
 
 @<Members of |Worker|@>=
-Flow relay(Connection &c, Half &h, Peer &src, Peer &dst)
+Flow relay(Connection &c, Half &h, const Half &other, Peer &src, Peer &dst)
 {
   std::size_t budget = round_budget;
   FOREVER {
@@ -1500,6 +1500,14 @@ as if the source were connected to it directly. Its other direction is not
 affected; a server that answers after the client's end of stream (as a
 \.{wc} over the network would) still gets its answer through.
 
+When the {\it other} half has already forwarded its end, this end completes
+the connection, and |pump| closes both sockets at once; the |close| sends the
+same FIN, so the |shutdown| is skipped. It is one system call of about
+eighteen per connection, counted with \.{strace -c -f} under
+\.{wrk -H 'Connection: close'}. Nothing is lost by closing instead: both
+sources have ended their streams, so no unread byte is left in either
+receive queue, which is the case in which |close| would send a reset.
+
 |shutdown| can fail with |ENOTCONN| if the destination has just reset the
 connection. We ignore that: the reset will be reported on the next event of
 that socket, and handled there.
@@ -1507,7 +1515,7 @@ that socket, and handled there.
 @<Give back an empty buffer...@>=
 if (h.head == h.tail) buffers.give(h.buf);
 if (h.eof && h.head == h.tail && !h.shut) {
-  shutdown(dst.fd.get(), SHUT_WR);
+  if (!other.shut) shutdown(dst.fd.get(), SHUT_WR);
   h.shut = true;
 }
 
