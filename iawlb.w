@@ -1464,9 +1464,14 @@ if (h.head == h.tail) h.head = h.tail = 0;
 than a buffer's worth came, the socket's receive queue is empty now; with
 edge-triggered |epoll| the next byte to arrive will bring a new event, so the
 source is marked not readable, which saves the |recv| that would only say
-|EAGAIN|. The exception is a source whose end of stream has been announced
-(|rdhup|): the end itself brings no new event, so we go on reading until
-|recv| returns~0.
+|EAGAIN|. A source whose end of stream has been announced (|rdhup|) is
+different, because the end brings no event of its own. |EPOLLRDHUP| means
+that the kernel has processed the peer's FIN, and TCP queues every byte sent
+before a FIN before it processes the FIN; so a short read from such a source
+has emptied a queue that can never grow again, and the stream is over. The
+half records its end at once, saving the |recv| that would return~0: one
+system call per connection when a server sends its last answer and its FIN
+together, as an HTTP server answering \.{Connection: close} does.
 \item{$\bullet$} 0: the source has ended its stream (it sent FIN).
 \item{$\bullet$} |EAGAIN|: nothing is there yet.
 \item{$\bullet$} |EINTR|: try again.
@@ -1480,7 +1485,10 @@ if (n > 0) {
   h.tail = std::uint32_t(n);
   h.bytes += std::uint64_t(n);
   budget -= std::min(budget, std::size_t(n));
-  if (std::size_t(n) < buffer_size && !src.rdhup) src.readable = false;
+  if (std::size_t(n) < buffer_size) {
+    if (src.rdhup) h.eof = true;
+    else src.readable = false;
+  }
 }
 else if (n == 0) h.eof = true;
 else if (errno == EINTR) continue;
