@@ -5,6 +5,8 @@
 #   make check-tsan the same under ThreadSanitizer (built with clang++)
 #   make check-all  all three, ending with one line "N passed, N failed"
 #   make demo       the balancer in front of three small web servers
+#   make bench      iawlb against HAProxy, nginx stream and pen (about 6 min)
+#   make bench-quick  the same in one short round (under 1 min)
 #   make deps       install the Debian packages that all of this needs (as root)
 #   make clean      remove every generated file
 #
@@ -26,10 +28,11 @@ WEBS     := iawlb.w SyncedList.w
 TANGLED  := $(BUILD)/iawlb.cpp $(BUILD)/main.cpp $(BUILD)/iawlb.hpp $(BUILD)/SyncedList.hpp
 DEPS_DEB := make g++ clang netcat-openbsd libclang-rt-14-dev texlive-binaries texlive-base \
             texlive-extra-utils texlive-metapost texlive-latex-base catch2 \
-            python3 curl redis-server redis-tools util-linux poppler-utils
+            python3 curl redis-server redis-tools util-linux poppler-utils \
+            haproxy nginx-light libnginx-mod-stream pen wrk
 
 .DELETE_ON_ERROR:
-.PHONY: all check check-asan check-tsan check-all demo deps clean doc
+.PHONY: all check check-asan check-tsan check-all demo bench bench-quick deps clean doc
 
 all: iawlb doc/iawlb.pdf
 
@@ -129,6 +132,13 @@ doc: doc/iawlb.pdf
 # ---------------------------------------------------------------- the rest
 demo: all
 	sh tests/demo.sh
+
+# The benchmark (bench/run.py) says which packages it lacks and installs nothing.
+bench: iawlb
+	python3 bench/run.py
+
+bench-quick: iawlb
+	python3 bench/run.py --quick
 
 deps:
 	apt-get install -y $(DEPS_DEB)
