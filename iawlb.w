@@ -579,6 +579,26 @@ Log(Level::info, "iawlb %s listening on %s, %zu workers, at most %zu clients, "@
   workers.size(), shared.max_conn, names.c_str());
 @.listening on@>
 
+@ Exercises.
+
+\smallskip
+\item{1.} Start \.{./iawlb 8080 9001} with nothing listening on port 9001 and
+connect with \.{nc 127.0.0.1 8080}. What does the log say, and when is
+\.{nc} disconnected? Start a server on 9001 (\.{nc -l 9001}) before that
+happens and type a line. Which section explains what you saw?
+\item{2.} Run \.{./iawlb 127.0.0.1:8080 9001}, then \.{./iawlb 8080 9001},
+and compare \.{ss -ltn} for the two. From which addresses can a client reach
+each one?
+\item{3.} Give |listen| a backlog of 4, as IAWLB did with three
+destinations. Then run this through the balancer:
+\.{wrk -c 64 -H 'Connection: close'}. How many socket errors does \.{wrk} report, and why do they stop
+when the backlog is restored?
+\smallskip
+
+\noindent Further reading: the manual pages {\tt listen(2)},
+{\tt getaddrinfo(3)}, {\tt ipv6(7)} on |IPV6_V6ONLY|, {\tt getrlimit(2)};
+HAProxy's configuration manual on \.{bind} and \.{maxconn}.
+
 @* Workers.
 In IAWLB each destination had one worker, a POSIX thread created by
 |new_dispatcher| and running |process_request|. The thread popped a socket,
@@ -3085,6 +3105,23 @@ void read_eventfd(int fd)
   while (read(fd, &count, sizeof count) < 0 && errno == EINTR) continue;
 }
 
+@ Exercises.
+
+\smallskip
+\item{1.} |parse_args| has no side effects, which makes it easy to fuzz.
+Write a libFuzzer target that splits its input at zero bytes into an
+|argv| and calls |parse_args|; build it with \.{clang++ -fsanitize=fuzzer,address}
+and run it for a minute. What must the target catch, and what must it never
+see?
+\item{2.} |resolve| keeps the first address of a name. Change it to keep all
+of them and to try the next one when a connect is refused. Where does the
+state of ``which address of this destination'' belong: in the |Pool| or in
+the |Connection|?
+\item{3.} Remove the line |fd_ = o.release()| from |unique_fd|'s move
+constructor (leave |fd_| at $-1$). Which test fails? Now make it copy the
+descriptor instead (|fd_ = o.fd_|): what happens, and which tool tells you?
+\smallskip
+
 @* Logging.
 IAWLB's |Log| took a global mutex, |logmu|, wrote with |vprintf| to standard output,
 flushed, and released the mutex; ``of course it slows down everything'', its
@@ -3197,6 +3234,22 @@ void Log(Level level, const char *fmt, ...)
   line[n++] = '\n';
   write_all(STDERR_FILENO, line, n);
 }
+
+@ Exercises.
+
+\smallskip
+\item{1.} Split the |write| in |Log| into two, one for the prefix and one for
+the message, and run the balancer with \.{-v} and four workers under
+\.{wrk -c 64 -H 'Connection: close'}. Look for broken lines in the log. Why
+did one |write| per line prevent them?
+\item{2.} Put IAWLB's global mutex back around the |write| and measure the
+connection rate with and without \.{-v}. How much of the difference is the
+mutex, and how much the formatting?
+\item{3.} Redirect standard error to a pipe that nobody reads
+(\.{./iawlb ... 2>\&1 \pipe{} sleep 1000}). What happens to the workers when the
+pipe is full, and what would you change so that a stuck log reader cannot
+stop the relay?
+\smallskip
 
 @i SyncedList.w
 
