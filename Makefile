@@ -62,8 +62,9 @@ $(BUILD)/%.o: $(BUILD)/%.cpp $(BUILD)/iawlb.hpp $(BUILD)/SyncedList.hpp
 $(BUILD)/iawlb: $(BUILD)/iawlb.o $(BUILD)/main.o
 	$(CXX) $(LDFLAGS) $^ -o $@
 
+# A rename replaces the file even while an older ./iawlb is running.
 iawlb: $(BUILD)/iawlb
-	cp $< $@
+	cp $< $@.tmp && mv -f $@.tmp $@
 
 # ---------------------------------------------------------------- tests
 TEST_FLAGS := $(CXXFLAGS) -I$(BUILD) -Itests

@@ -1052,3 +1052,45 @@ TEST_CASE("connect timeout (--connect-timeout): a destination that never answers
     CHECK(slowest >= 0.4);  // the silent destination was tried, and given up on
     CHECK(slowest < 2.5);   // after about 500 ms, not the default 3 s
 }
+
+// 22
+TEST_CASE("a destination that resets after its last bytes: the client sees a reset, never a clean end",
+          "[integration]") {
+    // The server's last bytes and its reset arrive together. The client must be
+    // told the stream was cut (a reset), not see an orderly end of stream after
+    // a truncated answer. An earlier version of the relay got this wrong about
+    // three times in twenty.
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t dp = ports[0], lp = ports[1];
+    Fd srv = listen_socket(kLo, dp);
+    REQUIRE(srv);
+    auto lb = start_balancer({"-w", "1", listen_arg(lp), listen_arg(dp)});
+    const int rounds = 200;
+    int clean = 0, resets = 0, other = 0;
+    const std::string body(3000, 'x');
+    for (int i = 0; i < rounds; ++i) {
+        Fd c = connect_to(kLo, lp);
+        REQUIRE(c);
+        REQUIRE(send_all(c.get(), "GET\n", kIo) == Io::Ok);
+        pollfd p{srv.get(), POLLIN, 0};
+        REQUIRE(::poll(&p, 1, 5000) == 1);
+        Fd s(::accept(srv.get(), nullptr, nullptr));
+        REQUIRE(s);
+        std::string req;
+        REQUIRE(recv_exact(s.get(), req, 4, kIo) == Io::Ok);
+        REQUIRE(send_all(s.get(), body, kIo) == Io::Ok);
+        s.abort();  // the bytes and a reset, in one burst
+        Io st = wait_closed(c.get(), kIo);
+        if (st == Io::Eof)
+            ++clean;
+        else if (st == Io::Reset)
+            ++resets;
+        else
+            ++other;
+    }
+    INFO("clean ends " << clean << ", resets " << resets << ", other " << other << " in " << rounds);
+    CHECK(clean == 0);
+    CHECK(resets == rounds);
+    CHECK(lb->running());
+}
