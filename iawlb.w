@@ -1485,7 +1485,14 @@ if (h.head == h.tail) h.head = h.tail = 0;
 than a buffer's worth came, the socket's receive queue is empty now; with
 edge-triggered |epoll| the next byte to arrive will bring a new event, so the
 source is marked not readable, which saves the |recv| that would only say
-|EAGAIN|. A source whose end of stream has been announced (|rdhup|) is
+|EAGAIN|. A source whose end has been announced is the exception (below).
+\item{$\bullet$} 0: the source has ended its stream (it sent FIN).
+\item{$\bullet$} |EAGAIN|: nothing is there yet.
+\item{$\bullet$} |EINTR|: try again.
+\item{$\bullet$} |ECONNRESET| and others: the source is gone.
+\smallskip
+
+A source whose end of stream has been announced (|rdhup|) is
 different, because the end brings no event of its own. |EPOLLRDHUP| means
 that the kernel has processed the peer's FIN, and TCP queues every byte sent
 before a FIN before it processes the FIN; so a short read from such a source
@@ -1504,11 +1511,6 @@ client as a clean end of stream: a cut download that looked complete. The
 integration test ``a destination that resets after its last bytes'' sends
 that burst two hundred times; against that version, 191 of the 200 clients
 saw a clean end. Now all 200 see a reset.
-\item{$\bullet$} 0: the source has ended its stream (it sent FIN).
-\item{$\bullet$} |EAGAIN|: nothing is there yet.
-\item{$\bullet$} |EINTR|: try again.
-\item{$\bullet$} |ECONNRESET| and others: the source is gone.
-\smallskip
 
 @<Receive from |src|...@>=
 if (!h.buf) h.buf = buffers.take();
