@@ -174,7 +174,9 @@ std::size_t enqueue(std::list<T> &batch)
   return before;
 }
 
-@ The check, shared by both |enqueue|s.
+@ Both |enqueue|s make the same check: an item handed to a closed list would
+never be popped by anyone, and with a socket inside it that would be a
+descriptor leaked for good, so it is refused loudly instead.
 
 @<Throw if the list is closed@>=
 if (closed_)

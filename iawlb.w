@@ -1961,8 +1961,7 @@ void start_connect(Connection &c, int d)
   const SockAddr &to = shared.pool[d].addr;
   int fd = socket(to.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
-    shared.pool.abandon(d);
-    wait_for_resources(c, errno);
+    wait_for_resources(c, d, errno);
     return;
   }
   c.server = Peer();
@@ -1975,25 +1974,24 @@ void start_connect(Connection &c, int d)
   connecting.push_back(&c);
   if (connect(fd, &to.sa, to.len) < 0 && errno != EINPROGRESS && errno != EINTR)
     connect_failed(c, errno);
-  else if (!watch(c, c.server, 1)) {
-    shared.pool.abandon(d);
-    c.dest = -1;
-    wait_for_resources(c, errno);
-  }
+  else if (!watch(c, c.server, 1)) wait_for_resources(c, d, errno);
 }
 
 @ {\it Out of descriptors.} |socket| fails with |EMFILE| or |ENFILE| when the
 process or the system has no descriptor left, and |epoll_ctl| with |ENOSPC|
 or |ENOMEM| when the kernel will watch no more. That is not the destination's
-fault, and the client has done nothing wrong: it waits in the queue, and the
+fault, and the client has done nothing wrong: the pool forgets the pick
+without blaming the destination, the client waits in the queue, and the
 worker tries again in 100\,ms, by which time connections may have ended and
 freed descriptors. The warning is logged once per episode, not once per
-client.
+client. The caller passes |errno| as an argument, so it is read before
+|abandon| takes the pool's lock and no later call can overwrite it.
 @.out of resources@>
 
 @<Members of |Worker|@>=
-void wait_for_resources(Connection &c, int err)
+void wait_for_resources(Connection &c, int d, int err)
 {
+  shared.pool.abandon(d);
   if (!short_of_resources)
     Log(Level::warn, "out of resources to connect (%s); clients wait", std::strerror(err));
   short_of_resources = true;
