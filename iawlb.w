@@ -268,6 +268,7 @@ worker met an impossible error;
 @(main.cpp@>=
 #include "iawlb.hpp"
 #include <cstdio>
+#include <fcntl.h>
 int main(int argc, char **argv)
 {
   Config cfg;
@@ -316,6 +317,7 @@ depend on the machine, not on the command line.
 
 @<Interface types@>=
 enum class Algorithm {@+ leastconn, roundrobin@+};
+enum class Proxy {@+ none, v1, v2@+}; /* which PROXY protocol header to send */
 struct Config {
   Endpoint listen; /* where clients connect */
   std::vector<Endpoint> dests; /* where they are sent */
@@ -327,6 +329,12 @@ struct Config {
   Time queue_timeout = 10 * sec;
   Time grace = 30 * sec;
   Time backoff_max = 5 * sec;
+  Time check_interval = 0; /* 0: no health checks */
+  unsigned rise = 2, fall = 3; /* passed or failed checks that change the state */
+  std::size_t queue_max = 0; /* 0: no limit but |max_conn| */
+  std::optional<Endpoint> stats; /* where to serve the statistics */
+  Proxy proxy = Proxy::none;@/
+  bool reuseport = false;@/
   bool verbose = false, help = false, version = false;
 };
 
@@ -337,7 +345,8 @@ two defaults that depend on the machine, the value they take here.
 std::string s = "usage: iawlb [OPTIONS] LISTEN DEST [DEST...]\n\n"@/
 "Accept TCP connections on LISTEN and relay each one to a DEST.\n\n"@/
 "  LISTEN  PORT (every interface), IP:PORT or [IPv6]:PORT\n"@/
-"  DEST    PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT\n\n"@/
+"  DEST    PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT, then @@W for a\n"@/
+"          weight W from 1 to 256 (default: 1)\n\n"@/
 "Options (D is a duration: 250ms, 3s, 2m, 1h, or a number of seconds):\n";
 s += "  -w, --workers N          worker threads (default: one per CPU, "
   + std::to_string(cpu_count()) + " here)\n";
@@ -352,6 +361,16 @@ s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"
 "      --grace D            time left to open connections after SIGTERM (default: 30s)\n"@/
 "      --backoff-max D      longest wait before a down destination is tried\n"@/
 "                           again (default: 5s)\n"@/
+"      --check-interval D   probe each DEST with a TCP connect every D (default: 0, off)\n"@/
+"      --rise N, --fall N   checks passed to bring a DEST back (default: 2), failed\n"@/
+"                           to take it out (default: 3)\n"@/
+"      --queue-max N        clients that may wait while every DEST is down; more\n"@/
+"                           are closed at once (default: 0, no limit)\n"@/
+"      --stats ADDR:PORT    serve /metrics (Prometheus text) over HTTP there\n"@/
+"                           (a bare PORT means 127.0.0.1)\n"@/
+"      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
+"      --send-proxy-v2      send a PROXY protocol v2 header to each DEST\n"@/
+"      --reuseport          let another iawlb listen on LISTEN too (SO_REUSEPORT)\n"@/
 "  -v, --verbose            log one line per finished connection\n"@/
 "  -h, --help               print this help and exit\n"@/
 "  -V, --version            print the version and exit\n\n"@/
@@ -405,13 +424,17 @@ running yet and the error simply propagates out of the constructor.
 explicit Balancer(const Config &cfg)
 {
   shared.cfg = cfg;
+  shared.started = now_us();
   @<Block the signals and open |signals|@>@;
   @<Raise the open-file limit and choose |shared.max_conn|@>@;
   @<Resolve every destination@>@;
   @<Server listening@>@;
   @<Start server listening@>@;
+  @<Open the statistics listener@>@;
   @<Create threads@>@;
+  @<Start the checker and the statistics server@>@;
   @<Log the start-up line@>@;
+  @<Warn if a restart may lose a few clients@>@;
 }
 
 @ The listen argument is \.{PORT}, \.{IP:PORT} or \.{[IPv6]:PORT}. IAWLB called
@@ -428,15 +451,15 @@ on a kernel without IPv6.
 const Endpoint &l = shared.cfg.listen;
 if (l.host.empty()) {
   listen_addr = any_address(AF_INET6, l.port);
-  listener = open_listener(listen_addr, false);
+  listener = open_listener(listen_addr, false, shared.cfg.reuseport);
   if (!listener) {
     listen_addr = any_address(AF_INET, l.port);
-    listener = open_listener(listen_addr, true);
+    listener = open_listener(listen_addr, true, shared.cfg.reuseport);
   }
 }
 else {
   listen_addr = resolve(l, "listen address");
-  listener = open_listener(listen_addr, true);
+  listener = open_listener(listen_addr, true, shared.cfg.reuseport);
 }
 
 @ |open_listener| creates, configures and binds the socket. Its options:
@@ -445,6 +468,8 @@ else {
 \item{$\bullet$} |SO_REUSEADDR|, as IAWLB had, so that a restarted balancer can
 bind while connections of the previous one linger in \.{TIME\_WAIT};
 \item{$\bullet$} |IPV6_V6ONLY| off on the wildcard IPv6 socket, as said above;
+\item{$\bullet$} |SO_REUSEPORT| with \.{--reuseport}, for a restart without
+a gap (chapter {\sl Operations});
 \item{$\bullet$} |TCP_NODELAY|. Nagle's algorithm holds back small segments
 while an earlier one is unacknowledged; in a relay that adds a round trip of
 delay to every small reply. Linux copies this option from a listening socket
@@ -460,7 +485,7 @@ and the message names the call and the address, for example
 @.bind ...: Address already in use@>
 
 @<Functions@>=
-unique_fd open_listener(const SockAddr &a, bool must)
+unique_fd open_listener(const SockAddr &a, bool must, bool reuseport)
 {
   unique_fd fd(socket(a.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!fd) {
@@ -470,6 +495,7 @@ unique_fd open_listener(const SockAddr &a, bool must)
   int yes = 1, no = 0;
   setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+  if (reuseport) setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &yes, sizeof yes);
   if (a.sa.sa_family == AF_INET6)
     setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof no);
   if (bind(fd.get(), &a.sa, a.len) < 0)
@@ -507,7 +533,9 @@ if (rl.rlim_cur < usable_file_limit(rl)) {
   if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
 }
 if (shared.cfg.workers == 0) shared.cfg.workers = cpu_count();
-std::size_t capacity = connection_capacity(rl.rlim_cur, shared.cfg.workers);
+rlim_t own = @<Descriptors the operations threads need@>;
+std::size_t capacity = connection_capacity(rl.rlim_cur > own ? rl.rlim_cur - own : 0,
+  shared.cfg.workers);
 if (capacity == 0)
   throw std::runtime_error("the open-file limit is too low to relay a single connection");
 @.the open-file limit is too low@>
@@ -544,7 +572,7 @@ it listens, with a message naming the argument.
 shared.pool.algorithm = shared.cfg.algorithm;
 shared.pool.backoff_cap = shared.cfg.backoff_max;
 for (@[const Endpoint &d : shared.cfg.dests@])
-  shared.pool.add(resolve(d, "destination"));
+  shared.pool.add(resolve(d, "destination"), d.weight);
 
 @ IAWLB created one thread per destination and stopped silently at 32
 destinations, the value of its macro |MAX_NUM_OF_DEST_PORT|, ignoring the rest
@@ -882,7 +910,7 @@ chapter {\sl The relay} explains.
 enum class State : std::uint8_t {@+ queued, connecting, relaying, closed@+};
 enum class End : std::uint8_t {@/
   done, client_error, server_error, idle_timeout, queue_timeout,
-  no_resources, shutdown@/
+  queue_full, no_resources, shutdown@/
 };
 struct TimerTag;
 struct ReadyTag;
@@ -922,6 +950,7 @@ void adopt(Accepted &a)
   c.client.fd = std::move(a.fd);
   c.from = a.from;
   c.accepted = now;
+  ++shared.queued; /* a new connection starts in state |queued| */
   if (!watch(c, c.client, 0)) {
     Log(Level::warn, "epoll_ctl for client %s: %s", addr_to_string(c.from).c_str(),
       std::strerror(errno));
@@ -930,6 +959,19 @@ void adopt(Accepted &a)
     return;
   }
   dispatch(c);
+}
+
+@ Every change of state goes through |set_state|, which keeps the shared
+count |shared.queued| equal to the number of connections, over all workers,
+that are in state |queued|: the statistics show it, and the queue's limit
+(chapter {\sl Operations}) is a bound on it.
+
+@<Members of |Worker|@>=
+void set_state(Connection &c, State s)
+{
+  if (c.state == State::queued) --shared.queued;
+  if (s == State::queued) ++shared.queued;
+  c.state = s;
 }
 
 @ {\it Edge-triggered registration.} Each socket is registered once, for
@@ -1039,7 +1081,8 @@ void finish(Connection &c, End why)
   buffers.give(c.down.buf);
   List<Connection, TimerTag>::remove_if_linked(&c);
   List<Connection, ReadyTag>::remove_if_linked(&c);
-  c.state = State::closed;
+  set_state(c, State::closed);
+  if (why == End::queue_timeout || why == End::queue_full) ++shared.refused;
   --load;
   shared.client_closed();
   @<Move |c| from |conns| to |graveyard|@>@;
@@ -1061,12 +1104,13 @@ conns.pop_back();
 @ A connect under way is not the destination's fault if it is abandoned (the
 client left, or the balancer is ending): the pool just forgets the pick. A
 relaying connection gives back its place in the count of active connections,
-with its byte counts for the statistics.
+after its last bytes are counted for the statistics.
 
 @<Tell the pool...@>=
+count_bytes(c);
 if (c.dest >= 0) {
   if (c.state == State::connecting) shared.pool.abandon(c.dest);
-  else shared.pool.release(c.dest, c.up.bytes, c.down.bytes);
+  else shared.pool.release(c.dest);
 }
 
 @ With \.{-v}, each connection leaves one line when it ends, in the spirit of
@@ -1097,6 +1141,7 @@ const char *end_name(End e)
   case End::server_error: return "server-error";
   case End::idle_timeout: return "idle-timeout";
   case End::queue_timeout: return "queue-timeout";
+  case End::queue_full: return "queue-full";
   case End::no_resources: return "no-resources";
   case End::shutdown: return "shutdown";
   }
@@ -1350,6 +1395,7 @@ struct Half {@/
   bool eof = false; /* the source ended its stream */
   bool shut = false; /* we have shut down the destination's writing side */
   std::uint64_t bytes = 0; /* moved so far */
+  std::uint64_t counted = 0; /* how many of them the statistics know */
 };
 
 @ {\it Buffers.} A relay buffer is 256\,KiB, so that one system call moves
@@ -1417,9 +1463,32 @@ void pump(Connection &c)
     finish(c, End::done);
     return;
   }
-  if (c.up.bytes + c.down.bytes != before) touch(c);
+  if (c.up.bytes + c.down.bytes != before) {
+    touch(c);
+    count_bytes(c);
+  }
   if ((up == Flow::more || down == Flow::more) && !List<Connection, ReadyTag>::linked(&c))
     ready.push_back(&c);
+}
+
+@ The statistics (chapter {\sl Operations}) show the bytes each destination
+has moved, and a long connection must not look idle until it ends, so the
+bytes are added to the destination's totals after every round that moved
+some, and by |finish| for the last ones. Each addition is one atomic
+instruction on a counter that the other workers may also be adding to; the
+order does not matter, only the sum, so the order is |relaxed|.
+
+@<Members of |Worker|@>=
+void count_bytes(Connection &c)
+{
+  if (c.dest < 0) return;
+  Destination &d = shared.pool[c.dest];
+  if (c.up.bytes != c.up.counted)
+    d.bytes_up.fetch_add(c.up.bytes - c.up.counted, std::memory_order_relaxed);
+  if (c.down.bytes != c.down.counted)
+    d.bytes_down.fetch_add(c.down.bytes - c.down.counted, std::memory_order_relaxed);
+  c.up.counted = c.up.bytes;
+  c.down.counted = c.down.bytes;
 }
 
 @ What a half reports after its turn: nothing more to do for now, more to do
@@ -1640,29 +1709,36 @@ chapter has two parts: the |Pool| of destinations, shared by all workers,
 which knows which destinations are usable and how busy each is; and the
 worker's side, which connects without blocking and reacts to the outcome.
 
-@ {\it The pool} keeps, for each destination, its address, its state, and
-counters. The state has three parts: the number of connections it has now
-(|active|), whether it is |down| and until when (|retry_at|), and whether one
-client is on its way to find out whether it is back (|trial|). All of it is
-guarded by the pool's one mutex, held by each operation for a few instructions
-and never across a system call.
+@ {\it The pool} keeps, for each destination, its address, its weight, its
+state, and counters. The state has four parts: the number of connections it
+has now (|active|); whether a failed connect marked it |down| and until when
+(|retry_at|); whether one client is on its way to find out whether it is back
+(|trial|); and whether the health checks of chapter {\sl Operations} took it
+out (|check_down|). All of it is guarded by the pool's one mutex, held by each
+operation for a few instructions and never across a system call. The totals
+are atomics, so that the statistics can read them without the lock.
 
 @<Interface types@>=
 struct Destination {@/
   std::string name; /* the resolved address, for the log */
   SockAddr addr;@/
+  unsigned weight = 1; /* its share of new clients; fixed at start-up */
   unsigned active = 0; /* connections now, guarded by |Pool::m_| */
   unsigned failures = 0; /* consecutive failed connects, ditto */
-  bool down = false; /* ditto */
+  bool down = false; /* marked down by a failed connect; ditto */
   bool trial = false; /* a connect is testing whether it is back; ditto */
+  bool check_down = false; /* taken out by failed health checks; ditto */
+  unsigned checks_passed = 0, checks_failed = 0; /* consecutive; ditto */
   Time retry_at = 0; /* when a down destination may be tried; ditto */
+  Time changed_at = 0; /* when it last went down or came up; ditto */
+  long long credit = 0; /* for the weighted rotation; ditto */
   std::atomic<std::uint64_t> connections = 0, failed = 0; /* totals */
   std::atomic<std::uint64_t> bytes_up = 0, bytes_down = 0;@/
 };
 
 @ The pool's interface. The workers call the five operations below; the
-main thread calls |add| before any worker exists, and the unit tests read
-|is_down| and |active|.
+main thread calls |add| before any worker exists; the health checker calls
+|check| and the statistics call |snapshot| (chapter {\sl Operations}).
 
 \smallskip
 \noindent The operations:
@@ -1677,39 +1753,43 @@ is up.
 destination is down for |wait|.
 \item{} |abandon(d)| undoes a |pick| whose connect never completed, without
 blaming the destination.
-\item{} |release(d, up, down)| reports that a connection to |d| is over.
+\item{} |release(d)| reports that a connection to |d| is over.
 \smallskip
 
-\noindent |connected| and |failed| return whether the destination's state
-changed, so that the caller can log it {\it after} releasing the lock: a log
-line is a system call, and the style of this program is never to hold a lock
-across one. Destinations are added with |add| before any worker starts; a
+\noindent |connected|, |failed| and |check| return whether the destination's
+state changed, so that the caller can log it {\it after} releasing the lock: a
+log line is a system call, and the style of this program is never to hold a
+lock across one. Destinations are added with |add| before any worker starts; a
 |std::deque| keeps them in place, because a |Destination| holds atomics and
 cannot move.
 
 @<Interface types@>=
 struct Pick {@+ int dest;@+ Time retry_at;@+};
 enum class Change {@+ none, down, up@+};
+struct DestState {@+ bool up;@+ unsigned active;@+ Time changed_at;@+};
 class Pool {@/
 public:@/
   Algorithm algorithm = Algorithm::leastconn;@/
   Time backoff_cap = 5 * sec;@/
-  void add(const SockAddr &a);@/
+  void add(const SockAddr &a, unsigned weight = 1);@/
   std::size_t size() const@+{@+ return dests_.size();@+}
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
   Pick pick(Time now);@/
   Change connected(int d);@/
   Change failed(int d, Time now, Time *wait);@/
   void abandon(int d);@/
-  void release(int d, std::uint64_t up, std::uint64_t down);@/
+  void release(int d);@/
+  Change check(int d, bool passed, unsigned rise, unsigned fall, Time now);@/
+  DestState snapshot(int d) const;@/
   bool is_down(int d) const;@/
   unsigned active(int d) const;@/
 private:@/
   bool usable(const Destination &d, Time now) const;@/
+  const Destination *least_loaded(Time now) const;@/
   Time next_retry(Time now) const;@/
-  mutable std::mutex m_; /* guards the state of every destination, and |cursor_| */
+  Change set_up(Destination &x, bool up, Time now);@/
+  mutable std::mutex m_; /* guards the state of every destination */
   std::deque<Destination> dests_;@/
-  std::size_t cursor_ = 0; /* where the next round-robin scan starts */
 };
 Time backoff(unsigned failures, Time cap);
 
@@ -1717,51 +1797,87 @@ Time backoff(unsigned failures, Time cap);
 lock; the name is computed once here rather than at every log line.
 
 @<Functions@>=
-void Pool::add(const SockAddr &a)
+void Pool::add(const SockAddr &a, unsigned weight)
 {
   dests_.emplace_back();
   dests_.back().addr = a;
   dests_.back().name = addr_to_string(a);
+  dests_.back().weight = weight;
+  dests_.back().changed_at = now_us();
 }
 
-@ {\it Which destinations are usable.} An up destination is. A down one is
-usable once its |retry_at| has passed, by exactly one client, the {\it
-trial}: the first |pick| after that moment sets |trial|, and no other client
-is sent there until the trial's connect has succeeded (the destination is up
-again) or failed (it stays down, for longer). Without the trial flag, every
-client arriving in the moment a down destination becomes due would be sent to
-it, and if it were still down each of them would pay a failed connect.
+@ {\it Which destinations are usable.} A destination that failed its health
+checks is not, whatever else is true of it. Otherwise an up destination is. A
+down one is usable once its |retry_at| has passed, by exactly one client, the
+{\it trial}: the first |pick| after that moment sets |trial|, and no other
+client is sent there until the trial's connect has succeeded (the destination
+is up again) or failed (it stays down, for longer). Without the trial flag,
+every client arriving in the moment a down destination becomes due would be
+sent to it, and if it were still down each of them would pay a failed connect.
 
 @<Functions@>=
 bool Pool::usable(const Destination &d, Time now) const
 {
+  if (d.check_down) return false;
   return !d.down || (!d.trial && now >= d.retry_at);
 }
 
 @ {\it Choosing.} The default rule is {\it least connections}: among the
-usable destinations, the one with the fewest connections now. When several are
-tied (always the case when connections are short), the tie is broken by round
-robin: the scan starts after the destination chosen last, and the first of
-the minimum wins. So consecutive short connections go $1, 2, 3, 1, 2, 3,
-\ldots$, and a destination that holds long connections gets fewer new ones.
-Plain round robin (\.{--algorithm roundrobin}) takes the first usable
-destination after the last one chosen, whatever the load.
+usable destinations, those with the fewest connections now, counted in
+proportion to their weights, are the candidates. Plain round robin
+(\.{--algorithm roundrobin}) makes every usable destination a candidate,
+whatever its load. Among the candidates a weighted rotation chooses. With
+short connections every destination has none most of the time, so under
+least connections the rotation decides nearly every pick; with long ones the
+loads decide, and a destination that holds many connections gets fewer new
+ones.
+
+A destination's load is $|active|/|weight|$. To compare two loads without
+division, and so without rounding, we compare the cross products: $a/w <
+a'/w'$ exactly when $a\,w' < a'\,w$, which cannot overflow in 64 bits since
+both factors are below $2^{32}$.
+
+@<Functions@>=
+bool lighter(const Destination &x, const Destination &y)
+{
+  return std::uint64_t(x.active) * y.weight < std::uint64_t(y.active) * x.weight;
+}
+const Destination *Pool::least_loaded(Time now) const
+{
+  const Destination *best = nullptr;
+  for (@[const Destination &d : dests_@])
+    if (usable(d, now) && (!best || lighter(d, *best))) best = &d;
+  return best;
+}
+
+@ {\it The weighted rotation} is the smooth weighted round robin of nginx's
+upstream module. Each candidate earns its weight in |credit| at every pick;
+the one with the most credit wins and pays back the sum of the candidates'
+weights. Over any $W$ consecutive picks among the same candidates, where $W$
+is the sum of their weights, each candidate is chosen exactly as many times
+as its weight, and the choices are spread out rather than bunched: weights
+3, 1 and 1 give $a, b, a, c, a$ and then the same again, where a simple
+counter would give $a, a, a, b, c$. With equal weights the rotation is plain
+round robin, $1, 2, 3, 1, 2, 3, \ldots$; ties in credit go to the first
+destination in command-line order.
 
 @<Functions@>=
 Pick Pool::pick(Time now)
 {
   std::lock_guard<std::mutex> lock(m_);
-  std::size_t n = dests_.size();
+  const Destination *least = algorithm == Algorithm::leastconn ? least_loaded(now) : nullptr;
   int best = -1;
-  for (std::size_t i = 0; i < n; ++i) {
-    std::size_t k = (cursor_ + i) % n;
-    if (!usable(dests_[k], now)) continue;
-    if (algorithm == Algorithm::roundrobin) {@+ best = int(k);@+ break;@+}
-    if (best < 0 || dests_[k].active < dests_[best].active) best = int(k);
+  long long total = 0;
+  for (std::size_t i = 0; i < dests_.size(); ++i) {
+    Destination &d = dests_[i];
+    if (!usable(d, now) || (least && lighter(*least, d))) continue;
+    d.credit += d.weight;
+    total += d.weight;
+    if (best < 0 || d.credit > dests_[best].credit) best = int(i);
   }
   if (best < 0) return @[Pick{-1, next_retry(now)}@];
   Destination &d = dests_[best];
-  cursor_ = (std::size_t(best) + 1) % n;
+  d.credit -= total;
   ++d.active;
   if (d.down) d.trial = true;
   return @[Pick{best, 0}@];
@@ -1774,12 +1890,15 @@ tell the others, so while one is running the answer is at most 50\,ms away:
 a client waiting on another worker notices a destination that came back
 within 50\,ms of its trial.
 
+A destination taken out by its health checks comes back when the checker
+says so, which the workers cannot foresee either; it counts like a trial.
+
 @<Functions@>=
 Time Pool::next_retry(Time now) const
 {
   Time t = forever;
   for (@[const Destination &d : dests_@])
-    t = std::min(t, d.trial ? now + 50 * msec : d.retry_at);
+    t = std::min(t, d.trial || d.check_down ? now + 50 * msec : d.retry_at);
   return t;
 }
 
@@ -1811,9 +1930,18 @@ Time backoff(unsigned failures, Time cap)
 failure marks it down, counts it, and sets its next trial. Both end a trial
 if there was one. The return value says whether the destination changed
 state, which is what the log reports by default: a destination going down,
-and coming back.
+and coming back. A destination is {\it up} when neither a failed connect nor
+its health checks hold it down; |set_up| records a change of that, with its
+time for the statistics.
 
 @<Functions@>=
+Change Pool::set_up(Destination &x, bool up, Time now)
+{
+  bool was_up = !x.down && !x.check_down;
+  if (up == was_up) return Change::none;
+  x.changed_at = now;
+  return up ? Change::up : Change::down;
+}
 Change Pool::connected(int d)
 {
   std::lock_guard<std::mutex> lock(m_);
@@ -1821,9 +1949,9 @@ Change Pool::connected(int d)
   ++x.connections;
   x.failures = 0;
   x.trial = false;
-  if (!x.down) return Change::none;
+  Change c = set_up(x, !x.check_down, now_us());
   x.down = false;
-  return Change::up;
+  return c;
 }
 Change Pool::failed(int d, Time now, Time *wait)
 {
@@ -1835,9 +1963,9 @@ Change Pool::failed(int d, Time now, Time *wait)
   x.trial = false;
   *wait = backoff(x.failures, backoff_cap);
   x.retry_at = now + *wait;
-  if (x.down) return Change::none;
+  Change c = set_up(x, false, now);
   x.down = true;
-  return Change::down;
+  return c;
 }
 
 @ The remaining operations only adjust counts. |is_down| and |active| read
@@ -1850,17 +1978,15 @@ void Pool::abandon(int d)
   --dests_[d].active;
   dests_[d].trial = false;
 }
-void Pool::release(int d, std::uint64_t up, std::uint64_t down)
+void Pool::release(int d)
 {
   std::lock_guard<std::mutex> lock(m_);
   --dests_[d].active;
-  dests_[d].bytes_up += up;
-  dests_[d].bytes_down += down;
 }
 bool Pool::is_down(int d) const
 {
   std::lock_guard<std::mutex> lock(m_);
-  return dests_[d].down;
+  return dests_[d].down || dests_[d].check_down;
 }
 unsigned Pool::active(int d) const
 {
@@ -1891,8 +2017,9 @@ void dispatch(Connection &c)
 void wait_for_destination(Connection &c)
 {
   List<Connection, TimerTag>::remove_if_linked(&c);
-  c.state = State::queued;
   c.dest = -1;
+  set_state(c, State::queued);
+  @<Close |c| and |return| if too many clients wait@>@;
   c.key = c.accepted;
   queued.insert_sorted(&c);
 }
@@ -1977,7 +2104,7 @@ void start_connect(Connection &c, int d)
   int yes = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
   c.dest = d;
-  c.state = State::connecting;
+  set_state(c, State::connecting);
   c.key = now;
   connecting.push_back(&c);
   if (connect(fd, &to.sa, to.len) < 0 && errno != EINPROGRESS && errno != EINTR)
@@ -2017,9 +2144,7 @@ it worked.
 void connect_done(Connection &c, std::uint32_t events)
 {
   if (events & (EPOLLERR | EPOLLHUP)) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    getsockopt(c.server.fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    int err = socket_error(c.server.fd.get());
     connect_failed(c, err ? err : ECONNREFUSED);
   }
   else if (events & EPOLLOUT) connected(c);
@@ -2035,7 +2160,7 @@ says it is back.
 @<Members of |Worker|@>=
 void connected(Connection &c)
 {
-  c.state = State::relaying;
+  set_state(c, State::relaying);
   c.connected = now;
   short_of_resources = false;
   List<Connection, TimerTag>::remove(&c);
@@ -2043,6 +2168,9 @@ void connected(Connection &c)
   relaying.push_back(&c);
   if (shared.pool.connected(c.dest) == Change::up)
     Log(Level::info, "destination %s is up again", shared.pool[c.dest].name.c_str());
+  if (shared.cfg.proxy != Proxy::none) {
+    @<Put the PROXY protocol header in front of |c|'s bytes...@>@;
+  }
   pump(c);
 }
 
@@ -2119,6 +2247,7 @@ public:@/
   @<Members of |Worker|@>@;
 };
 @<Start and run a worker@>@;
+@<Operations threads@>@;
 class Balancer {@/
 public:@/
   @<Members of |Balancer|@>@;
@@ -2151,6 +2280,9 @@ struct Shared {@/
   Pool pool;@/
   std::size_t max_conn = 0; /* ditto */
   std::atomic<std::size_t> active = 0; /* clients accepted and not yet closed */
+  std::atomic<std::size_t> queued = 0; /* of those, clients without a destination */
+  std::atomic<std::uint64_t> accepted = 0, refused = 0; /* totals */
+  Time started = 0; /* immutable once the threads run */
   std::atomic<Phase> phase = Phase::running;@/
   std::atomic<unsigned> workers_done = 0;@/
   std::atomic<bool> failed = false; /* a worker stopped on an error */
@@ -2189,6 +2321,9 @@ Shared shared;
 SockAddr listen_addr;
 unique_fd listener, signals;
 std::vector<std::unique_ptr<Worker> > workers;
+unique_fd stats_listener; /* until the statistics server takes it */
+std::unique_ptr<Checker> checker; /* with \.{--check-interval} */
+std::unique_ptr<StatsServer> stats; /* with \.{--stats} */
 std::vector<std::list<Accepted> > batches; /* one per worker */
 std::size_t next_worker = 0; /* where the next scan for a worker starts */
 Time now = 0;
@@ -2279,6 +2414,7 @@ void accept_clients()
     a.fd.reset(fd);
     a.from.len = len;
     ++shared.active;
+    ++shared.accepted;
     Worker &w = choose_worker();
     ++w.load;
     batches[w.id - 1].push_back(std::move(a));
@@ -2424,9 +2560,11 @@ set_log_level(shared.cfg.verbose ? Level::debug : Level::info);
 
 \smallskip
 \item{1.} The first |SIGTERM| or |SIGINT| arrives; the acceptor reads it.
-\item{2.} The acceptor closes the listening socket. New clients are refused
-by the kernel from this instant; a load balancer in front of ours, or a
-client's retry, sends them elsewhere.
+\item{2.} The acceptor accepts the clients whose handshake is complete,
+which the kernel would otherwise reset, and closes the listening socket. New
+clients are refused by the kernel from this instant; a load balancer in front
+of ours, a client's retry, or a new balancer started with \.{--reuseport}
+(chapter {\sl Operations}) sends them elsewhere.
 \item{3.} The acceptor closes every worker's inbox, then sets the phase to
 |draining|, then wakes every worker. (The order matters:
 |on_wake| in chapter {\sl Workers}.)
@@ -2454,6 +2592,7 @@ void take_signals()
 }
 void begin_drain(const char *why)
 {
+  accept_clients();
   listener.reset();
   for (@[auto &w : workers@]) w->inbox.close();
   shared.phase = Phase::draining;
@@ -2495,6 +2634,8 @@ if (shared.phase != Phase::running && shared.workers_done == workers.size()) ret
 @<Members of |Balancer|@>=
 int finish_up()
 {
+  if (checker) checker->stop();
+  if (stats) stats->stop();
   for (@[auto &w : workers@]) w->runner.join();
   for (std::size_t i = 0; i < shared.pool.size(); ++i) {
     const Destination &d = shared.pool[i];
@@ -2525,6 +2666,733 @@ signal arrives?
 {\tt pthread\_sigmask(3)}; HAProxy's management guide on soft stop
 (\.{SIGUSR1}) and hard stop (\.{SIGTERM}).
 
+@* Operations.
+IAWLB was a program to read, not to run in front of services, and it had
+none of what an engineer who runs HAProxy or nginx's \.{stream} module asks
+for before switching. This chapter adds it: weights for destinations of
+unequal size, a limit on the queue, health checks that take a destination out
+before a client meets its failure, statistics that Prometheus can read, the
+PROXY protocol that tells a destination who the client is, a listening socket
+that a new balancer can share while the old one drains, and the files that
+install the program.
+
+Two of these run in threads of their own, started after the workers and
+stopped after them: the {\it checker} probes the destinations, and the {\it
+statistics server} answers HTTP requests. Neither touches a connection, a
+worker or an inbox. They read and write the pool through its operations,
+under its lock, and read the shared counters, which are atomics; so the
+invariants of the earlier chapters hold unchanged, and nothing either thread
+does can make a worker wait longer than one of the pool's critical sections,
+a few instructions. A stuck statistics client stops the statistics, at worst,
+never the relay.
+
+@ {\it Weights.} Destinations are rarely equal: a new machine with twice the
+cores of the old ones should get twice the clients. A destination argument
+may end with \.{@@W}, a weight from 1 to 256 (HAProxy's range), as in
+\.{10.0.0.5:6379@@3}; without it the weight is~1. |Pool::pick| shares the
+clients in proportion to the weights, in both algorithms (chapter {\sl
+Balancing and failure}). The address part is checked by |parse_endpoint|,
+whose message quotes that part, the one at fault.
+@.bad destination@>
+
+@<Functions@>=
+Endpoint parse_dest(std::string_view arg)
+{
+  std::size_t at = arg.find('@@');
+  Endpoint e = parse_endpoint(arg.substr(0, at), "destination");
+  if (at == std::string_view::npos) return e;
+  try {
+    e.weight = unsigned(parse_count(arg.substr(at + 1), 1, 256));
+  }
+  catch (const std::invalid_argument &) {
+    throw UsageError("bad destination '" + std::string(arg)@|
+      + "': the weight after '@@' must be a number from 1 to 256");
+  }
+  e.text = std::string(arg);
+  return e;
+}
+
+@ {\it The statistics address} has the forms of LISTEN, but a bare port
+means \.{127.0.0.1}, not every interface: how many clients each server has
+is nobody's business outside the machine, and exposing it should take an
+address typed on purpose.
+
+@<Functions@>=
+Endpoint parse_stats_endpoint(std::string_view arg)
+{
+  Endpoint e = parse_endpoint(arg, "statistics address");
+  if (e.host.empty()) e.host = "127.0.0.1";
+  return e;
+}
+
+@ {\it A limit on the queue.} While every destination is down, clients wait
+in the workers' queues, each for up to its queue timeout (chapter {\sl
+Balancing and failure}). That is right for a restart that takes a few
+seconds; during a long outage, thousands of clients that retry every second
+would each hold two descriptors' worth of the connection limit, for ten
+seconds, for nothing. \.{--queue-max N} bounds the number of clients
+waiting, over all workers: a client beyond it is closed at once, which tells
+it the truth sooner, and counted as refused in the statistics. The default,
+0, leaves only the connection limit. The count includes the client itself,
+which |set_state| has just added.
+@.queue-full@>
+
+@<Close |c| and |return| if too many clients wait@>=
+if (shared.cfg.queue_max && shared.queued > shared.cfg.queue_max) {
+  finish(c, End::queue_full);
+  return;
+}
+
+@ {\it Health checks.} Passive marking, as the chapter {\sl Balancing and
+failure} built it, learns that a destination is down from a client's failed
+connect. The client does not notice, since it is sent elsewhere at once, but
+it pays the failed attempt, up to the connect timeout when the destination's
+machine does not answer at all. With \.{--check-interval D} the checker
+connects to every destination every~|D|, and a destination that fails
+\.{--fall} checks in a row (3 by default) is taken out before any client
+tries it; after \.{--rise} passed checks in a row (2 by default) it comes
+back. These are HAProxy's defaults, and its \.{inter 2s} is a good interval.
+A check is a TCP connect, which must complete within the connect timeout and
+within the interval; the connection is closed at once without a byte sent.
+
+The two markings are independent: a failed client connect marks a
+destination down with backoff, failed checks mark it |check_down|, and it is
+{\it up} when neither holds it. A destination held by its checks gets no
+trial clients, and |next_retry| tells waiting clients to ask again within
+50\,ms, since only the checker knows when it will return.
+@.destination ... is down@>
+@.destination ... is up again@>
+
+@<Functions@>=
+Change Pool::check(int d, bool passed, unsigned rise, unsigned fall, Time now)
+{
+  std::lock_guard<std::mutex> lock(m_);
+  Destination &x = dests_[d];
+  unsigned &streak = passed ? x.checks_passed : x.checks_failed;
+  (passed ? x.checks_failed : x.checks_passed) = 0;
+  streak = std::min(streak + 1, 1000000u);
+  bool out = x.check_down;
+  if (passed && streak >= rise) out = false;
+  if (!passed && streak >= fall) out = true;
+  Change c = set_up(x, !out && !x.down, now);
+  x.check_down = out;
+  return c;
+}
+
+@ The statistics read a destination's state with |snapshot|, under the lock,
+all three parts at one instant.
+
+@<Functions@>=
+DestState Pool::snapshot(int d) const
+{
+  std::lock_guard<std::mutex> lock(m_);
+  const Destination &x = dests_[d];
+  return @[DestState{!x.down && !x.check_down, x.active, x.changed_at}@];
+}
+
+@ {\it The checker} is a thread with one loop: probe every destination at
+once, report the results to the pool, and sleep until the next round. Its
+sleep is a |poll| on an |eventfd|, so that |stop| ends it at once rather than
+after up to an interval; the same descriptor is watched while the probes are
+under way. The probes are non-blocking connects, all started together and
+awaited together, so a round takes at most one timeout however many
+destinations are down.
+
+@<Operations threads@>=
+class Checker {@/
+public:@/
+  explicit Checker(Shared &s) : shared(s)
+  {
+    stop_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!stop_) throw sys_error("eventfd for the checker");
+    runner = std::thread([this] {@+ run();@+ });
+  }
+  ~Checker()@+{@+ stop();@+}
+  void stop()
+  {
+    if (!runner.joinable()) return;
+    write_eventfd(stop_.get());
+    runner.join();
+  }
+private:@/
+  @<Members of |Checker|@>@;
+  Shared &shared;@/
+  unique_fd stop_;@/
+  std::thread runner;@/
+};
+
+@ Rounds start at fixed times, one interval apart, whatever each round took;
+a round that overran its slot starts the next one at once rather than
+falling behind for ever.
+
+@<Members of |Checker|@>=
+void run()
+{
+  set_thread_name("checker");
+  Time next = now_us();
+  FOREVER {
+    if (!probe_all()) return;
+    next = std::max(next + shared.cfg.check_interval, now_us());
+    pollfd p = @[pollfd{stop_.get(), POLLIN, 0}@];
+    Time wait = next - now_us();
+    if (wait > 0 && poll(&p, 1, int((wait + 999) / 1000)) > 0) return;
+    if (wait <= 0 && poll(&p, 1, 0) > 0) return;
+  }
+}
+
+@ One round. Each destination gets a socket and a |connect|; the sockets and
+the stop descriptor are then polled until every probe has an outcome or the
+timeout has passed. An outcome of |-1| means ``still under way''; when the
+round ends, those count as timed out. A probe that could not even start
+because the balancer has no descriptor to spare is not the destination's
+fault, so it has no outcome and is not reported. |probe_all| returns false
+when it was told to stop.
+
+@<Members of |Checker|@>=
+bool probe_all()
+{
+  std::size_t n = shared.pool.size();
+  std::vector<unique_fd> socks(n);
+  std::vector<int> outcome(n, -1);
+  std::vector<pollfd> fds;
+  fds.push_back(@[pollfd{stop_.get(), POLLIN, 0}@]);
+  for (std::size_t i = 0; i < n; ++i) @<Start the probe of destination |i|@>@;
+  Time end = now_us() + std::min(shared.cfg.connect_timeout, shared.cfg.check_interval);
+  @<Wait for the probes' outcomes; |return false| if told to stop@>@;
+  for (std::size_t i = 0; i < n; ++i)
+    if (outcome[i] != -2) report(int(i), outcome[i] == -1 ? ETIMEDOUT : outcome[i]);
+  return true;
+}
+
+@ A connect that fails at once has its outcome already, and a probe whose
+socket could not be created gets the mark $-2$, ``no outcome''. The |pollfd|
+array keeps destination order, |fds[i+1]| for destination~|i|; a probe that
+is not under way gets the descriptor $-1$, which |poll| skips.
+
+@<Start the probe...@>=
+{
+  const SockAddr &a = shared.pool[i].addr;
+  socks[i].reset(socket(a.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!socks[i]) outcome[i] = -2;
+  else if (connect(socks[i].get(), &a.sa, a.len) == 0) outcome[i] = 0;
+  else if (errno != EINPROGRESS && errno != EINTR) outcome[i] = errno;
+  fds.push_back(@[pollfd{outcome[i] == -1 ? socks[i].get() : -1, POLLOUT, 0}@]);
+}
+
+@ The wait ends when no probe is under way, when the time is up, or when the
+stop descriptor becomes readable. A socket that reports anything (writable,
+error, hang-up) has its outcome in |SO_ERROR|: zero if the connect worked.
+|EINTR| cannot happen, since every signal is blocked in every thread, but
+would only mean another turn; any other failure of |poll| ends the round,
+whose unfinished probes then count as timed out.
+
+@<Wait for the probes' outcomes...@>=
+FOREVER {
+  bool pending = false;
+  for (std::size_t i = 0; i < n; ++i) pending = pending || fds[i + 1].fd >= 0;
+  Time left = end - now_us();
+  if (!pending || left <= 0) break;
+  int r = poll(fds.data(), fds.size(), int((left + 999) / 1000));
+  if (r < 0 && errno != EINTR) break;
+  if (r > 0 && fds[0].revents) return false;
+  for (std::size_t i = 0; r > 0 && i < n; ++i)
+    if (fds[i + 1].fd >= 0 && fds[i + 1].revents) {
+      outcome[i] = socket_error(fds[i + 1].fd);
+      fds[i + 1].fd = -1;
+    }
+}
+
+@ Each outcome goes to the pool, and a change of state to the log, in the
+words a failed client connect uses, so that one \.{grep} finds both. A
+failed check that changes nothing is logged only with \.{-v}.
+
+@<Members of |Checker|@>=
+void report(int d, int err)
+{
+  Change c = shared.pool.check(d, err == 0, shared.cfg.rise, shared.cfg.fall, now_us());
+  const char *name = shared.pool[d].name.c_str();
+  if (c == Change::down)
+    Log(Level::warn, "destination %s is down: health check: %s", name, std::strerror(err));
+  else if (c == Change::up)
+    Log(Level::info, "destination %s is up again: health check passed", name);
+  else if (err)
+    Log(Level::debug, "destination %s: health check failed: %s", name, std::strerror(err));
+}
+
+@ |SO_ERROR| holds the outcome of a non-blocking connect; reading it also
+clears it. The worker's |connect_done| reads it the same way.
+
+@<Functions@>=
+int socket_error(int fd)
+{
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+  return err;
+}
+
+@ {\it The PROXY protocol.} A destination behind a balancer sees every
+connection come from the balancer, so its logs, its rate limits and its
+access rules all see one address. HAProxy's PROXY protocol fixes that: before
+the first byte of the client's stream, the balancer sends a short header that
+names the client's address and the address it connected to. Version~1 is a
+line of text, version~2 a binary block. The destination must expect one or
+the other (\.{proxy\_protocol} on an nginx \.{listen}, \.{accept-proxy} on a
+HAProxy \.{bind}), so the header is sent only when asked for, with
+\.{--send-proxy} or \.{--send-proxy-v2}.
+
+The header is built by pure functions, which the unit tests check byte by
+byte against the specification. A client that reached a dual-stack listener
+over IPv4 has the address \.{::ffff:a.b.c.d}; the header gives such an
+address as the IPv4 address it is, since a destination expects to see
+\.{TCP4} for an IPv4 client.
+@^PROXY protocol@>
+
+@<Functions@>=
+SockAddr unmapped(const SockAddr &a)
+{
+  if (a.sa.sa_family != AF_INET6 || !IN6_IS_ADDR_V4MAPPED(&a.in6.sin6_addr)) return a;
+  SockAddr v4;
+  v4.in4.sin_family = AF_INET;
+  v4.in4.sin_port = a.in6.sin6_port;
+  std::memcpy(&v4.in4.sin_addr, a.in6.sin6_addr.s6_addr + 12, 4);
+  v4.len = sizeof v4.in4;
+  return v4;
+}
+
+@ Three small accessors of a |SockAddr| for the headers: the address alone
+as text, the port in host order, and the address's bytes in network order.
+
+@<Functions@>=
+std::string host_text(const SockAddr &a)
+{
+  char text[INET6_ADDRSTRLEN] = "?";
+  const void *p = a.sa.sa_family == AF_INET ? (const void *) &a.in4.sin_addr@|
+    : (const void *) &a.in6.sin6_addr;
+  inet_ntop(a.sa.sa_family, p, text, sizeof text);
+  return text;
+}
+std::uint16_t port_of(const SockAddr &a)
+{
+  return ntohs(a.sa.sa_family == AF_INET ? a.in4.sin_port : a.in6.sin6_port);
+}
+const char *raw_address(const SockAddr &a)
+{
+  return a.sa.sa_family == AF_INET ? reinterpret_cast<const char *>(&a.in4.sin_addr)@|
+    : reinterpret_cast<const char *>(&a.in6.sin6_addr);
+}
+
+@ Version 1 is one line: \.{PROXY}, the protocol (\.{TCP4} or \.{TCP6}), the
+source address, the destination address, the source port and the
+destination port, separated by single spaces and ended by CR LF; at most 107
+bytes. Two addresses of different families cannot come from one socket, but
+the specification has a form for a connection it cannot describe,
+\.{PROXY UNKNOWN}, and we use it rather than assume.
+
+@<Functions@>=
+std::string proxy_v1(const SockAddr &from, const SockAddr &to)
+{
+  if (from.sa.sa_family != to.sa.sa_family) return "PROXY UNKNOWN\r\n";
+  bool v4 = from.sa.sa_family == AF_INET;
+  return std::string("PROXY ") + (v4 ? "TCP4 " : "TCP6 ") + host_text(from) + " "@|
+    + host_text(to) + " " + std::to_string(port_of(from)) + " "@|
+    + std::to_string(port_of(to)) + "\r\n";
+}
+
+@ Version 2 starts with a twelve-byte signature that no text protocol can
+begin with, then one byte for the version and command (|0x21|: version~2,
+\.{PROXY}), one for the family and transport (|0x11|: TCP over IPv4,
+|0x21|: TCP over IPv6), and the length of what follows, big-endian: the two
+addresses and the two ports, in network order, 12 bytes for IPv4 and 36 for
+IPv6. The unknown case is family |0x00| with nothing after the length.
+
+@<Functions@>=
+std::string proxy_v2(const SockAddr &from, const SockAddr &to)
+{
+  std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
+  bool v4 = from.sa.sa_family == AF_INET && to.sa.sa_family == AF_INET;
+  bool v6 = from.sa.sa_family == AF_INET6 && to.sa.sa_family == AF_INET6;
+  std::size_t alen = v4 ? 4 : v6 ? 16 : 0;
+  std::size_t len = alen ? 2 * alen + 4 : 0;
+  h += '\x21';
+  h += v4 ? '\x11' : v6 ? '\x21' : '\x00';
+  h += char(len >> 8);
+  h += char(len & 0xff);
+  if (len == 0) return h;
+  h.append(raw_address(from), alen);
+  h.append(raw_address(to), alen);
+  std::uint16_t ports[2] = {htons(port_of(from)), htons(port_of(to))};
+  h.append(reinterpret_cast<const char *>(ports), 4);
+  return h;
+}
+std::string proxy_header(Proxy v, const SockAddr &from, const SockAddr &to)
+{
+  SockAddr f = unmapped(from), t = unmapped(to);
+  return v == Proxy::v1 ? proxy_v1(f, t) : proxy_v2(f, t);
+}
+
+@ The header goes in front of the client's bytes, in the upward half's
+buffer, when the connect has succeeded: the first |pump| then sends it
+before anything the client sent, and a server that speaks first has it
+before its greeting can be answered. The address the client connected to is
+asked of the kernel with |getsockname|; it is the listener's address, except
+on a wildcard listener, where it is the address of the machine that this
+client chose. The client may be gone already, and then |getsockname| fails
+and the connection ends as the client's error.
+
+@<Put the PROXY protocol header in front of |c|'s bytes; |return| if the client is gone@>=
+SockAddr to;
+socklen_t len = sizeof to.in6;
+if (getsockname(c.client.fd.get(), &to.sa, &len) < 0) {
+  c.error = errno;
+  finish(c, End::client_error);
+  return;
+}
+to.len = len;
+std::string h = proxy_header(shared.cfg.proxy, c.from, to);
+c.up.buf = buffers.take();
+std::memcpy(c.up.buf.get(), h.data(), h.size());
+c.up.tail = std::uint32_t(h.size());
+
+@ {\it A restart without a refused client.} Replacing a running balancer
+by a new version (a new binary, a new list of destinations) takes, without
+help, a moment in which nothing listens: the old one has closed its
+listener, the new one has not yet bound, and clients are refused. With
+\.{--reuseport} the listening socket has |SO_REUSEPORT|, and several
+processes with that option may listen on one address; the kernel spreads new
+connections among them. The new balancer starts beside the old one, then the
+old one gets |SIGTERM| and drains (chapter {\sl Signals and graceful end}).
+Both must have the option, as with HAProxy's and nginx's \.{reuseport}.
+@^Linux dependencies@>
+
+One gap remains, in the kernel. Connections that completed their handshake
+but were not yet accepted sit in the queue of one particular listening
+socket, and when that socket closes, Linux resets them, even if another
+socket listens on the same address. The drain therefore accepts every
+pending client before it closes the listener, and those are served. A client
+whose handshake completes in the microseconds between that last |accept4|
+and the |close| is still lost, unless the system has
+\.{net.ipv4.tcp\_migrate\_req} set to~1 (Linux 5.14 and later), which moves
+such connections to another listener of the group instead. Setting it is
+the administrator's decision, so the balancer only says, at start-up with
+\.{--reuseport}, when it is not set.
+@.tcp\_migrate\_req@>
+
+@<Warn if a restart may lose a few clients@>=
+if (shared.cfg.reuseport) {
+  char v = '0';
+  unique_fd f(open("/proc/sys/net/ipv4/tcp_migrate_req", O_RDONLY | O_CLOEXEC));
+  if (f && read(f.get(), &v, 1) != 1) v = '0';
+  if (v != '1')
+    Log(Level::info, "--reuseport: net.ipv4.tcp_migrate_req is not 1; a client that "@|
+      "connects during the last microsecond of a drain may be reset");
+}
+
+@ {\it Statistics.} With \.{--stats ADDR:PORT} the balancer answers HTTP
+requests on that address: \.{GET /metrics} returns its state in the text
+format of Prometheus, which \.{curl} shows as it is and Prometheus scrapes
+as it is; \.{GET /} returns a short index. Anything else gets an error
+status: 404 for another path, 405 for another method, 400 for a request
+line that is not HTTP, 431 for a request whose header does not end within
+4\,KiB. Every response closes its connection.
+@^statistics@>
+
+The server is one thread with one |poll| loop over its listener, its stop
+descriptor and at most |stats_clients| clients, all non-blocking. A client
+has five seconds from its connect to the last byte of its response; a slow
+or silent client is then closed. A stuck client can hold at most one of the
+sixteen places, for five seconds, and nothing of the relay, which shares no
+lock with this thread except the pool's, taken once per destination per
+request.
+
+@<Operations threads@>=
+constexpr std::size_t stats_clients = 16;
+constexpr std::size_t stats_request_max = 4096;
+constexpr Time stats_timeout = 5 * sec;
+class StatsServer {@/
+public:@/
+  StatsServer(Shared &s, unique_fd listener) : shared(s), listener_(std::move(listener))
+  {
+    stop_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!stop_) throw sys_error("eventfd for the statistics");
+    runner = std::thread([this] {@+ run();@+ });
+  }
+  ~StatsServer()@+{@+ stop();@+}
+  void stop()
+  {
+    if (!runner.joinable()) return;
+    write_eventfd(stop_.get());
+    runner.join();
+  }
+private:@/
+  struct Client {@+ unique_fd fd;@+ std::string in, out;@+ std::size_t sent = 0;@+
+    Time deadline = 0;@+ };
+  @<Members of |StatsServer|@>@;
+  Shared &shared;@/
+  unique_fd listener_, stop_;@/
+  std::vector<Client> clients_;@/
+  std::thread runner;@/
+};
+
+@ One turn of the loop: watch the stop descriptor, the listener while there
+is room for another client, and each client for reading until its request
+is complete, then for writing until its response is sent. The |poll|
+timeout is the nearest deadline. After |poll|, the clients are served first
+and the listener last, so that the indices of |fds| still match |clients_|
+while the clients are served; the finished and the expired ones are then
+removed together.
+
+@<Members of |StatsServer|@>=
+void run()
+{
+  set_thread_name("stats");
+  std::vector<pollfd> fds;
+  FOREVER {
+    @<Fill |fds| for this turn and compute |timeout|@>@;
+    if (poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) {
+      Log(Level::error, "statistics: poll: %s", std::strerror(errno));
+      return;
+    }
+    if (fds[0].revents) return;
+    Time now = now_us();
+    for (std::size_t i = 0; i < clients_.size(); ++i)
+      if (fds[i + 2].revents || now >= clients_[i].deadline) serve(clients_[i], now);
+    @<Remove the clients that are done@>@;
+    if (fds[1].revents) accept_clients(now);
+  }
+}
+
+@ The listener's |pollfd| is always present, at index~1, but with the
+descriptor $-1$ (ignored) while every place is taken; so the clients start at
+index~2 in every turn.
+
+@<Fill |fds|...@>=
+fds.clear();
+fds.push_back(@[pollfd{stop_.get(), POLLIN, 0}@]);
+fds.push_back(@[pollfd{clients_.size() < stats_clients ? listener_.get() : -1, POLLIN, 0}@]);
+Time first = forever;
+for (@[const Client &c : clients_@]) {
+  bool reading = c.out.empty() || c.sent == c.out.size();
+  fds.push_back(@[pollfd{c.fd.get(), short(reading ? POLLIN : POLLOUT), 0}@]);
+  first = std::min(first, c.deadline);
+}
+int timeout = first == forever ? -1 : int(std::max<Time>(0, first - now_us()) / 1000 + 1);
+
+@ A client is done when its descriptor has been closed: after its response,
+on an error, or at its deadline.
+
+@<Remove the clients that are done@>=
+clients_.erase(std::remove_if(clients_.begin(), clients_.end(),@|
+  [](const Client &c) {@+ return !c.fd;@+ }), clients_.end());
+
+@ Accepting is the acceptor's loop in small: until |EAGAIN| or until the
+places are full. Any other failure is left for the next turn; the listener
+stays readable if a client is still waiting.
+
+@<Members of |StatsServer|@>=
+void accept_clients(Time now)
+{
+  while (clients_.size() < stats_clients) {
+    int fd = accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    clients_.emplace_back();
+    clients_.back().fd.reset(fd);
+    clients_.back().deadline = now + stats_timeout;
+  }
+}
+
+@ Serving a client reads what has arrived, and once the request's header is
+complete (it ends with an empty line), answers it; then writes what it can of
+the response. When the response is sent, the writing side is shut down and
+whatever the client still sends is read and dropped until it closes: closing
+a socket with unread bytes in it would send a reset, which can destroy the
+response before the client reads it. Past its deadline, on an error, or on an
+end of stream before the request is complete, the client is closed. Every
+|recv| and |send| is non-blocking, and |MSG_NOSIGNAL| keeps a vanished
+client from raising |SIGPIPE|.
+
+@<Members of |StatsServer|@>=
+void serve(Client &c, Time now)
+{
+  if (now >= c.deadline) {@+ c.fd.reset();@+ return;@+ }
+  if (c.out.empty() || c.sent == c.out.size()) {
+    @<Read from |c|; close and |return| at its end, on an error, or after the response@>@;
+    if (c.in.size() > stats_request_max)
+      c.out = response(431, "Request Header Fields Too Large", "request too large\n");
+    else if (c.in.find("\r\n\r\n") != std::string::npos || c.in.find("\n\n") != std::string::npos)
+      c.out = respond(c.in);
+    if (c.out.empty()) return;
+  }
+  ssize_t n = send(c.fd.get(), c.out.data() + c.sent, c.out.size() - c.sent, MSG_NOSIGNAL);
+  if (n > 0) c.sent += std::size_t(n);
+  else if (errno != EAGAIN && errno != EINTR) c.fd.reset();
+  if (c.fd && c.sent == c.out.size()) shutdown(c.fd.get(), SHUT_WR);
+}
+
+@ A request is kept up to a little over |stats_request_max| bytes: one
+read past the limit, and it is answered with 431 without reading the rest.
+
+@<Read from |c|...@>=
+char buf[1024];
+ssize_t n = recv(c.fd.get(), buf, sizeof buf, 0);
+if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+  c.fd.reset();
+  return;
+}
+if (!c.out.empty()) return;
+if (n > 0) c.in.append(buf, std::size_t(n));
+
+@ The request line is \.{METHOD TARGET HTTP/1.x}. The query string, if any,
+is ignored. The status line, the length and |Connection: close| are all
+a client needs to read the answer and know that it is complete.
+
+@<Members of |StatsServer|@>=
+std::string respond(std::string_view req)
+{
+  std::string_view line = req.substr(0, req.find_first_of("\r\n"));
+  std::size_t s1 = line.find(' '), s2 = line.find(' ', s1 + 1);
+  if (s1 == std::string_view::npos || s2 == std::string_view::npos@|
+      || line.substr(s2 + 1, 7) != "HTTP/1." || s2 == s1 + 1)
+    return response(400, "Bad Request", "bad request\n");
+  std::string_view method = line.substr(0, s1);
+  std::string_view path = line.substr(s1 + 1, s2 - s1 - 1);
+  path = path.substr(0, path.find('?'));
+  if (method != "GET") return response(405, "Method Not Allowed", "only GET\n");
+  if (path == "/metrics") return response(200, "OK", metrics());
+  if (path == "/") return response(200, "OK", "iawlb " + std::string(iawlb_version)@|
+    + "\n/metrics  the state of the balancer, in the Prometheus text format\n");
+  return response(404, "Not Found", "not found; try /metrics\n");
+}
+std::string response(int status, const char *reason, const std::string &body)
+{
+  char head[256];
+  std::snprintf(head, sizeof head, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"@|
+    "Content-Length: %zu\r\nConnection: close\r\n%s\r\n", status, reason,
+    status == 200 ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain; charset=utf-8",
+    body.size(), status == 405 ? "Allow: GET\r\n" : "");
+  return head + body;
+}
+
+@ {\it The metrics.} Names follow Prometheus's rules: a prefix for the
+program, the unit in the name (\.{\_bytes}, \.{\_seconds}), \.{\_total} for
+counters; each family has its \.{HELP} and \.{TYPE} lines, and a destination
+is a label with its address as the log writes it. A gauge is a value now, a
+counter only grows (Prometheus computes rates from it). The byte counters
+are up to date to the last round of each worker (|count_bytes|); the rest
+are exact at the instant they are read.
+
+@<Members of |StatsServer|@>=
+std::string metrics()
+{
+  std::string m;
+  Time now = now_us();
+  std::size_t n = shared.pool.size();
+  std::vector<DestState> st(n);
+  for (std::size_t i = 0; i < n; ++i) st[i] = shared.pool.snapshot(int(i));
+  @<Append the metrics of each destination to |m|@>@;
+  @<Append the balancer's own metrics to |m|@>@;
+  return m;
+}
+
+@ |family| appends the two comment lines of one metric family, |sample| one
+value. Values are written with |%.15g|, which prints integers below
+$10^{15}$ as integers and seconds to the microsecond.
+
+@<Members of |StatsServer|@>=
+static void family(std::string &m, const char *name, const char *type, const char *help)
+{
+  m += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+static void sample(std::string &m, const char *name, const std::string &label, double v)
+{
+  char num[32];
+  std::snprintf(num, sizeof num, "%.15g", v);
+  m += name;
+  if (!label.empty()) m += "{destination=\"" + label + "\"}";
+  m += std::string(" ") + num + "\n";
+}
+
+@ Per destination, eight families. Within a family the destinations come in
+command-line order.
+
+@<Append the metrics of each destination...@>=
+auto per_dest = [&](const char *name, const char *type, const char *help, auto value) {
+  family(m, name, type, help);
+  for (std::size_t i = 0; i < n; ++i) sample(m, name, shared.pool[i].name, double(value(i)));
+};
+per_dest("iawlb_destination_up", "gauge", "1 if the destination is in service, 0 if down.",
+  [&](std::size_t i) {@+ return st[i].up ? 1 : 0;@+ });
+per_dest("iawlb_destination_weight", "gauge", "Share of new clients (1 to 256).",
+  [&](std::size_t i) {@+ return shared.pool[i].weight;@+ });
+per_dest("iawlb_destination_active_connections", "gauge", "Connections now.",
+  [&](std::size_t i) {@+ return st[i].active;@+ });
+per_dest("iawlb_destination_connections_total", "counter", "Successful connects.",
+  [&](std::size_t i) {@+ return shared.pool[i].connections.load();@+ });
+per_dest("iawlb_destination_failed_connects_total", "counter", "Failed connects.",
+  [&](std::size_t i) {@+ return shared.pool[i].failed.load();@+ });
+per_dest("iawlb_destination_sent_bytes_total", "counter", "Bytes sent to the destination.",
+  [&](std::size_t i) {@+ return shared.pool[i].bytes_up.load(std::memory_order_relaxed);@+ });
+per_dest("iawlb_destination_received_bytes_total", "counter",
+  "Bytes received from the destination.",
+  [&](std::size_t i) {@+ return shared.pool[i].bytes_down.load(std::memory_order_relaxed);@+ });
+per_dest("iawlb_destination_last_change_seconds", "gauge",
+  "Seconds since the destination last went down or came up (or since start).",
+  [&](std::size_t i) {@+ return (now - st[i].changed_at) / 1e6;@+ });
+
+@ And five for the balancer as a whole. A client is refused when it is closed
+without ever reaching a destination: the queue was full, or its queue
+timeout passed.
+
+@<Append the balancer's own metrics...@>=
+auto global = [&](const char *name, const char *type, const char *help, double v) {
+  family(m, name, type, help);
+  sample(m, name, "", v);
+};
+global("iawlb_accepted_connections_total", "counter", "Clients accepted.",
+  double(shared.accepted.load()));
+global("iawlb_queued_connections", "gauge", "Clients waiting for a destination now.",
+  double(shared.queued.load()));
+global("iawlb_active_connections", "gauge", "Clients accepted and not yet closed.",
+  double(shared.active.load()));
+global("iawlb_refused_connections_total", "counter",
+  "Clients closed without reaching a destination (queue full or queue timeout).",
+  double(shared.refused.load()));
+global("iawlb_uptime_seconds", "gauge", "Seconds since the balancer started.",
+  (now - shared.started) / 1e6);
+
+@ {\it Starting and stopping the two threads.} The statistics listener is
+opened with the balancer's own listener, before any thread exists, so that
+an address already in use stops the start-up with the usual one-line error.
+Its backlog is small: sixteen clients at a time are served, and a scraper
+that finds the queue full will retry.
+@.bind ...: Address already in use@>
+
+@<Open the statistics listener@>=
+if (shared.cfg.stats) {
+  SockAddr a = resolve(*shared.cfg.stats, "statistics address");
+  stats_listener = open_listener(a, true, false);
+  if (listen(stats_listener.get(), 64) < 0) throw sys_error("listen " + addr_to_string(a));
+  Log(Level::info, "statistics on http://%s/metrics", addr_to_string(a).c_str());
+}
+@.statistics on@>
+
+@ The threads start after the workers, and |finish_up| stops them before it
+joins the workers; an exception during start-up destroys them, and their
+destructors stop them too.
+
+@<Start the checker and the statistics server@>=
+if (shared.cfg.check_interval) checker = std::make_unique<Checker>(shared);
+if (stats_listener) stats = std::make_unique<StatsServer>(shared, std::move(stats_listener));
+
+@ Both threads need descriptors: the checker one per destination during a
+round, the statistics server its clients. They are taken out of the budget
+before the connection limit is computed, so that the relay never runs short
+because of them.
+
+@<Descriptors the operations threads need@>=
+(shared.cfg.check_interval ? shared.cfg.dests.size() + 1 : 0)@|
+  + (shared.cfg.stats ? stats_clients + 2 : 0)
+
 @* Other functions and defines.
 IAWLB's chapter of this name held |get_addr| and |get_port|, which split a
 destination argument, |get_in_addr|, which helped print a client's address,
@@ -2547,6 +3415,7 @@ balancer's \&{SyncedList}.
 #include <limits>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -2567,6 +3436,7 @@ only: |epoll|, |eventfd|, |signalfd| and |accept4|.
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
+#include <fcntl.h>
 #include <ctime>
 #include <memory>
 #include <thread>
@@ -2733,6 +3603,7 @@ struct Endpoint {@/
   std::string text; /* as typed */
   std::string host; /* without brackets; empty when absent */
   std::uint16_t port = 0;@/
+  unsigned weight = 1; /* a destination's share of the clients */
 };
 struct UsageError : std::runtime_error {@/
   using std::runtime_error::runtime_error;@/
@@ -2989,13 +3860,27 @@ else if (arg[1] == '-' && arg.find('=') != std::string_view::npos) {
 a bad argument, which is when people need it.
 
 @<Handle a flag option...@>=
-if (is(name, "-h", "--help") || is(name, "-V", "--version") || is(name, "-v", "--verbose")) {
+if (is(name, "-h", "--help") || is(name, "-V", "--version") || is(name, "-v", "--verbose")@|
+    || name == "--send-proxy" || name == "--send-proxy-v2" || name == "--reuseport") {
   if (glued) throw UsageError("option '" + std::string(name) + "' takes no value");
   if (is(name, "-h", "--help")) cfg.help = true;
   else if (is(name, "-V", "--version")) cfg.version = true;
-  else cfg.verbose = true;
+  else if (name == "--reuseport") cfg.reuseport = true;
+  else if (is(name, "-v", "--verbose")) cfg.verbose = true;
+  else @<Choose the PROXY protocol version, refusing two@>@;
   if (cfg.help || cfg.version) return cfg;
   continue;
+}
+
+@ The two PROXY protocol options exclude each other; giving the same one
+twice is harmless.
+
+@<Choose the PROXY protocol version...@>=
+{
+  Proxy v = name == "--send-proxy" ? Proxy::v1 : Proxy::v2;
+  if (cfg.proxy != Proxy::none && cfg.proxy != v)
+    throw UsageError("options --send-proxy and --send-proxy-v2 exclude each other");
+  cfg.proxy = v;
 }
 
 @ Every other option takes a value. An option not in the list is refused
@@ -3005,7 +3890,8 @@ before its value is looked for, so that the message names the option itself.
 bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || is(name, "-a", "--algorithm") || name == "--connect-timeout"@|
   || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
-  || name == "--backoff-max";
+  || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
+  || name == "--fall" || name == "--queue-max" || name == "--stats";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -3031,7 +3917,12 @@ else if (name == "--connect-timeout") cfg.connect_timeout = duration_option(name
 else if (name == "--idle-timeout") cfg.idle_timeout = duration_option(name, value, true);
 else if (name == "--queue-timeout") cfg.queue_timeout = duration_option(name, value, false);
 else if (name == "--grace") cfg.grace = duration_option(name, value, true);
-else cfg.backoff_max = duration_option(name, value, false);
+else if (name == "--backoff-max") cfg.backoff_max = duration_option(name, value, false);
+else if (name == "--check-interval") cfg.check_interval = duration_option(name, value, true);
+else if (name == "--rise") cfg.rise = unsigned(count_option(name, value, 1, 1000));
+else if (name == "--fall") cfg.fall = unsigned(count_option(name, value, 1, 1000));
+else if (name == "--queue-max") cfg.queue_max = count_option(name, value, 0, 100000000);
+else cfg.stats = parse_stats_endpoint(value);
 
 @ After the options, the places: exactly one LISTEN and at least one DEST,
 each converted by |parse_endpoint|.
@@ -3042,7 +3933,7 @@ if (places.size() == 1)
   throw UsageError("missing DEST after LISTEN '" + std::string(places[0]) + "'");
 cfg.listen = parse_endpoint(places[0], "listen address");
 for (std::size_t i = 1; i < places.size(); ++i)
-  cfg.dests.push_back(parse_endpoint(places[i], "destination"));
+  cfg.dests.push_back(parse_dest(places[i]));
 
 @ These functions are the interface that the unit tests use.
 
@@ -3055,6 +3946,9 @@ std::string get_addr(std::string_view arg);
 std::string get_port(std::string_view arg);
 std::uint16_t parse_port(std::string_view s);
 Endpoint parse_endpoint(std::string_view arg, const char *what);
+Endpoint parse_dest(std::string_view arg);
+std::string proxy_header(Proxy v, const SockAddr &from, const SockAddr &to);
+Endpoint parse_stats_endpoint(std::string_view arg);
 Time parse_duration(std::string_view s);
 std::string format_duration(Time t);
 unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi);

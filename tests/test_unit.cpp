@@ -384,7 +384,7 @@ TEST_CASE("Pool: short connections spread evenly, both algorithms", "[unit][pool
             CHECK(k.dest == i % 3);
             ++count[k.dest];
             p.connected(k.dest);
-            p.release(k.dest, 0, 0);
+            p.release(k.dest);
         }
         CHECK(count == std::vector<int>{10, 10, 10});
     }
@@ -398,7 +398,7 @@ TEST_CASE("Pool: least connections avoids the busy destination", "[unit][pool]")
     for (int i = 0; i < 5; ++i) {
         Pick k = p.pick(0);
         REQUIRE(k.dest >= 0);
-        if (k.dest != 0) p.release(k.dest, 0, 0);
+        if (k.dest != 0) p.release(k.dest);
     }
     int held = int(p.active(0));
     REQUIRE(held >= 1);
@@ -406,7 +406,7 @@ TEST_CASE("Pool: least connections avoids the busy destination", "[unit][pool]")
     for (int i = 0; i < 10; ++i) {
         Pick k = p.pick(0);
         CHECK(k.dest != 0);
-        p.release(k.dest, 0, 0);
+        p.release(k.dest);
     }
     Pool r;
     r.algorithm = Algorithm::roundrobin;
@@ -433,7 +433,7 @@ TEST_CASE("Pool: a failed destination is skipped, then tried once after its back
     for (int i = 0; i < 5; ++i) {
         Pick q = p.pick(now + 100 * msec);
         CHECK(q.dest == 1);
-        p.release(q.dest, 0, 0);
+        p.release(q.dest);
     }
     // After the backoff, exactly one client is sent to test it.
     Pick trial = p.pick(now + 300 * msec);
@@ -447,7 +447,7 @@ TEST_CASE("Pool: a failed destination is skipped, then tried once after its back
     // The next trial succeeds: the destination is up again.
     Pick again = p.pick(now + 900 * msec);
     while (again.dest != 0) {
-        p.release(again.dest, 0, 0);
+        p.release(again.dest);
         again = p.pick(now + 900 * msec);
     }
     CHECK(p.connected(0) == Change::up);
@@ -476,4 +476,170 @@ TEST_CASE("Pool: with every destination down, pick says when to ask again", "[un
     // Abandoning the trial does not blame the destination.
     p.abandon(trial.dest);
     CHECK(p.pick(now + 280 * msec).dest == trial.dest);
+}
+
+// ------------------------------------------------------------- operations
+
+TEST_CASE("parse_args: the operations options", "[unit][parse][ops]")
+{
+    Config c = parse({"8080", "9001@3", "[::1]:9002@256", "127.0.0.1:9003"});
+    REQUIRE(c.dests.size() == 3);
+    CHECK(c.dests[0].weight == 3);
+    CHECK(c.dests[0].port == 9001);
+    CHECK(c.dests[1].weight == 256);
+    CHECK(c.dests[1].host == "::1");
+    CHECK(c.dests[2].weight == 1);
+    CHECK(c.check_interval == 0);
+    CHECK(c.rise == 2);
+    CHECK(c.fall == 3);
+    CHECK(c.queue_max == 0);
+    CHECK_FALSE(c.stats);
+    CHECK(c.proxy == Proxy::none);
+    CHECK_FALSE(c.reuseport);
+
+    c = parse({"--check-interval", "250ms", "--rise=1", "--fall", "5", "--queue-max", "7",
+               "--stats", "9100", "--send-proxy-v2", "--reuseport", "80", "81"});
+    CHECK(c.check_interval == 250 * msec);
+    CHECK(c.rise == 1);
+    CHECK(c.fall == 5);
+    CHECK(c.queue_max == 7);
+    REQUIRE(c.stats);
+    CHECK(c.stats->host == "127.0.0.1");  // a bare port is loopback only
+    CHECK(c.stats->port == 9100);
+    CHECK(c.proxy == Proxy::v2);
+    CHECK(c.reuseport);
+    CHECK(parse({"--stats", "[::1]:9100", "80", "81"}).stats->host == "::1");
+    CHECK(parse({"--send-proxy", "--send-proxy", "80", "81"}).proxy == Proxy::v1);
+
+    const std::vector<std::vector<const char *> > bad = {
+        {"80", "81@0"}, {"80", "81@257"}, {"80", "81@"}, {"80", "81@x"}, {"80", "81@1.5"},
+        {"80", "81@-1"}, {"80@2", "81"}, {"--rise", "0", "80", "81"}, {"--fall", "x", "80", "81"},
+        {"--check-interval", "soon", "80", "81"}, {"--queue-max", "-1", "80", "81"},
+        {"--stats", "0", "80", "81"}, {"--send-proxy", "--send-proxy-v2", "80", "81"},
+        {"--reuseport=1", "80", "81"},
+    };
+    for (const auto &args : bad) {
+        std::string m = usage_error(args);
+        INFO("args " << args[0] << " " << args[1] << ": message '" << m << "'");
+        CHECK_FALSE(m.empty());
+        CHECK(m.find('\n') == std::string::npos);
+    }
+    CHECK(usage_error({"80", "81@0"}).find("81@0") != std::string::npos);
+}
+
+TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
+          "[unit][pool][ops]")
+{
+    for (Algorithm a : {Algorithm::roundrobin, Algorithm::leastconn}) {
+        Pool p;
+        p.algorithm = a;
+        p.add(loopback(9001), 3);
+        p.add(loopback(9002), 1);
+        p.add(loopback(9003), 1);
+        std::vector<int> order, count(3);
+        for (int i = 0; i < 50; ++i) {
+            Pick k = p.pick(0);
+            REQUIRE(k.dest >= 0);
+            order.push_back(k.dest);
+            ++count[k.dest];
+            p.connected(k.dest);
+            p.release(k.dest);
+        }
+        CHECK(count == std::vector<int>{30, 10, 10});
+        // Smooth: a, b, a, c, a, and again; never three in a row.
+        CHECK(std::vector<int>(order.begin(), order.begin() + 5) == std::vector<int>{0, 1, 0, 2, 0});
+    }
+    // Long connections under least connections: held in proportion to the weights.
+    Pool p;
+    p.add(loopback(9001), 3);
+    p.add(loopback(9002), 1);
+    for (int i = 0; i < 40; ++i) REQUIRE(p.pick(0).dest >= 0);
+    CHECK(p.active(0) == 30);
+    CHECK(p.active(1) == 10);
+}
+
+TEST_CASE("Pool: health checks take a destination out after fall, back after rise",
+          "[unit][pool][ops]")
+{
+    Pool p;
+    fill(p, 2);
+    Time now = 100 * sec;
+    CHECK(p.check(0, false, 2, 3, now) == Change::none);
+    CHECK(p.check(0, false, 2, 3, now) == Change::none);
+    CHECK(p.check(0, true, 2, 3, now) == Change::none);  // a pass resets the streak
+    CHECK(p.check(0, false, 2, 3, now) == Change::none);
+    CHECK(p.check(0, false, 2, 3, now) == Change::none);
+    CHECK(p.check(0, false, 2, 3, now + 1) == Change::down);
+    CHECK(p.is_down(0));
+    CHECK(p.snapshot(0).changed_at == now + 1);
+    // Out: no client goes there, not even a trial, however long it waits.
+    for (int i = 0; i < 5; ++i) {
+        Pick k = p.pick(now + i * 60 * sec);
+        CHECK(k.dest == 1);
+        p.release(k.dest);
+    }
+    CHECK(p.check(0, true, 2, 3, now + 2) == Change::none);
+    CHECK(p.check(0, true, 2, 3, now + 3) == Change::up);
+    CHECK_FALSE(p.is_down(0));
+    CHECK(p.snapshot(0).up);
+    // Both markings: a failed connect keeps it down although checks pass.
+    Time wait = 0;
+    REQUIRE(p.pick(now + 4).dest == 0);
+    CHECK(p.failed(0, now + 4, &wait) == Change::down);
+    CHECK(p.check(0, true, 2, 3, now + 5) == Change::none);
+    CHECK_FALSE(p.snapshot(0).up);
+    // All out: pick says to ask again soon, since only the checker knows.
+    Pool q;
+    fill(q, 1);
+    for (int i = 0; i < 3; ++i) q.check(0, false, 2, 3, now);
+    Pick none = q.pick(now);
+    CHECK(none.dest == -1);
+    CHECK(none.retry_at <= now + 50 * msec);
+}
+
+namespace {
+SockAddr v4(const char *ip, std::uint16_t port)
+{
+    SockAddr a;
+    a.in4.sin_family = AF_INET;
+    a.in4.sin_port = htons(port);
+    inet_pton(AF_INET, ip, &a.in4.sin_addr);
+    a.len = sizeof a.in4;
+    return a;
+}
+SockAddr v6(const char *ip, std::uint16_t port)
+{
+    SockAddr a;
+    a.in6.sin6_family = AF_INET6;
+    a.in6.sin6_port = htons(port);
+    inet_pton(AF_INET6, ip, &a.in6.sin6_addr);
+    a.len = sizeof a.in6;
+    return a;
+}
+}  // namespace
+
+TEST_CASE("PROXY protocol headers, byte for byte", "[unit][proxy][ops]")
+{
+    CHECK(proxy_header(Proxy::v1, v4("192.0.2.1", 56324), v4("127.0.0.1", 443))
+          == "PROXY TCP4 192.0.2.1 127.0.0.1 56324 443\r\n");
+    CHECK(proxy_header(Proxy::v1, v6("2001:db8::1", 1), v6("::1", 65535))
+          == "PROXY TCP6 2001:db8::1 ::1 1 65535\r\n");
+    // An IPv4 client on a dual-stack listener is sent as IPv4.
+    CHECK(proxy_header(Proxy::v1, v6("::ffff:10.1.2.3", 4000), v6("::ffff:127.0.0.1", 80))
+          == "PROXY TCP4 10.1.2.3 127.0.0.1 4000 80\r\n");
+    CHECK(proxy_header(Proxy::v1, v4("10.0.0.1", 1), v6("::1", 2)) == "PROXY UNKNOWN\r\n");
+
+    const std::string sig("\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A", 12);
+    std::string h = proxy_header(Proxy::v2, v4("192.0.2.1", 0x1234), v4("127.0.0.1", 443));
+    std::string want = sig + std::string("\x21\x11\x00\x0C", 4)
+        + std::string("\xC0\x00\x02\x01\x7F\x00\x00\x01\x12\x34\x01\xBB", 12);
+    CHECK(h == want);
+    h = proxy_header(Proxy::v2, v6("::1", 1), v6("2001:db8::2", 2));
+    REQUIRE(h.size() == 16 + 36);
+    CHECK(h.substr(0, 16) == sig + std::string("\x21\x21\x00\x24", 4));
+    CHECK(h.substr(16, 16) == std::string(15, '\0') + "\x01");
+    CHECK(h.substr(32, 16) == std::string("\x20\x01\x0d\xb8", 4) + std::string(11, '\0') + "\x02");
+    CHECK(h.substr(48) == std::string("\x00\x01\x00\x02", 4));
+    h = proxy_header(Proxy::v2, v6("::ffff:10.1.2.3", 4000), v6("::ffff:127.0.0.1", 80));
+    CHECK(h.substr(12, 4) == std::string("\x21\x11\x00\x0C", 4));
 }
