@@ -3139,6 +3139,7 @@ public:@/
 private:@/
   struct Client {@+ unique_fd fd;@+ std::string in, out;@+ std::size_t sent = 0;@+
     Time deadline = 0;@+ };
+  static bool done(const Client &c)@+{@+ return !c.fd;@+}
   @<Members of |StatsServer|@>@;
   Shared &shared;@/
   unique_fd listener_, stop_;@/
@@ -3188,14 +3189,14 @@ for (@[const Client &c : clients_@]) {
   fds.push_back(@[pollfd{c.fd.get(), short(reading ? POLLIN : POLLOUT), 0}@]);
   first = std::min(first, c.deadline);
 }
-int timeout = first == forever ? -1 : int(std::max<Time>(0, first - now_us()) / 1000 + 1);
+Time left = std::max(first - now_us(), Time(0));
+int timeout = first == forever ? -1 : int(left / 1000 + 1);
 
 @ A client is done when its descriptor has been closed: after its response,
 on an error, or at its deadline.
 
 @<Remove the clients that are done@>=
-clients_.erase(std::remove_if(clients_.begin(), clients_.end(),@|
-  [](const Client &c) {@+ return !c.fd;@+ }), clients_.end());
+clients_.erase(std::remove_if(clients_.begin(), clients_.end(), done), clients_.end());
 
 @ Accepting is the acceptor's loop in small: until |EAGAIN| or until the
 places are full. Any other failure is left for the next turn; the listener
@@ -3306,16 +3307,20 @@ std::string metrics()
   return m;
 }
 
-@ |family| appends the two comment lines of one metric family, |sample| one
-value. Values are written with |%.15g|, which prints integers below
-$10^{15}$ as integers and seconds to the microsecond.
+@ Each family is described once, in a table: its name, its type and its help
+text, and for a destination's families which value it shows. |family|
+appends the two comment lines of one family, |sample| one value. Values are
+written with |%.15g|, which prints integers below $10^{15}$ as integers and
+seconds to the microsecond.
 
-@<Members of |StatsServer|@>=
-static void family(std::string &m, const char *name, const char *type, const char *help)
+@<Functions@>=
+enum class Of {@+ up, weight, active, connections, failed, sent, received, change@+};
+struct Metric {@+ Of what;@+ const char *name, *type, *help;@+};
+void family(std::string &m, const Metric &f)
 {
-  m += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  m += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " " + f.type + "\n";
 }
-static void sample(std::string &m, const char *name, const std::string &label, double v)
+void sample(std::string &m, const char *name, const std::string &label, double v)
 {
   char num[32];
   std::snprintf(num, sizeof num, "%.15g", v);
@@ -3324,53 +3329,73 @@ static void sample(std::string &m, const char *name, const std::string &label, d
   m += std::string(" ") + num + "\n";
 }
 
-@ Per destination, eight families. Within a family the destinations come in
+@ Per destination, eight families; within a family the destinations come in
 command-line order.
 
-@<Append the metrics of each destination...@>=
-auto per_dest = [&](const char *name, const char *type, const char *help, auto value) {
-  family(m, name, type, help);
-  for (std::size_t i = 0; i < n; ++i) sample(m, name, shared.pool[i].name, double(value(i)));
+@<Functions@>=
+const Metric dest_metrics[] = {@/
+  {Of::up, "iawlb_destination_up", "gauge", "1 if the destination is in service, 0 if down."},
+  {Of::weight, "iawlb_destination_weight", "gauge", "Share of new clients (1 to 256)."},
+  {Of::active, "iawlb_destination_active_connections", "gauge", "Connections now."},
+  {Of::connections, "iawlb_destination_connections_total", "counter", "Successful connects."},
+  {Of::failed, "iawlb_destination_failed_connects_total", "counter", "Failed connects."},
+  {Of::sent, "iawlb_destination_sent_bytes_total", "counter", "Bytes sent to the destination."},
+  {Of::received, "iawlb_destination_received_bytes_total", "counter",
+    "Bytes received from the destination."},
+  {Of::change, "iawlb_destination_last_change_seconds", "gauge",
+    "Seconds since the destination last went down or came up, or since the start."}@/
 };
-per_dest("iawlb_destination_up", "gauge", "1 if the destination is in service, 0 if down.",
-  [&](std::size_t i) {@+ return st[i].up ? 1 : 0;@+ });
-per_dest("iawlb_destination_weight", "gauge", "Share of new clients (1 to 256).",
-  [&](std::size_t i) {@+ return shared.pool[i].weight;@+ });
-per_dest("iawlb_destination_active_connections", "gauge", "Connections now.",
-  [&](std::size_t i) {@+ return st[i].active;@+ });
-per_dest("iawlb_destination_connections_total", "counter", "Successful connects.",
-  [&](std::size_t i) {@+ return shared.pool[i].connections.load();@+ });
-per_dest("iawlb_destination_failed_connects_total", "counter", "Failed connects.",
-  [&](std::size_t i) {@+ return shared.pool[i].failed.load();@+ });
-per_dest("iawlb_destination_sent_bytes_total", "counter", "Bytes sent to the destination.",
-  [&](std::size_t i) {@+ return shared.pool[i].bytes_up.load(std::memory_order_relaxed);@+ });
-per_dest("iawlb_destination_received_bytes_total", "counter",
-  "Bytes received from the destination.",
-  [&](std::size_t i) {@+ return shared.pool[i].bytes_down.load(std::memory_order_relaxed);@+ });
-per_dest("iawlb_destination_last_change_seconds", "gauge",
-  "Seconds since the destination last went down or came up (or since start).",
-  [&](std::size_t i) {@+ return (now - st[i].changed_at) / 1e6;@+ });
 
-@ And five for the balancer as a whole. A client is refused when it is closed
-without ever reaching a destination: the queue was full, or its queue
-timeout passed.
+@ @<Append the metrics of each destination...@>=
+for (@[const Metric &f : dest_metrics@]) {
+  family(m, f);
+  for (std::size_t i = 0; i < n; ++i)
+    sample(m, f.name, shared.pool[i].name, dest_value(f.what, shared.pool[i], st[i], now));
+}
 
-@<Append the balancer's own metrics...@>=
-auto global = [&](const char *name, const char *type, const char *help, double v) {
-  family(m, name, type, help);
-  sample(m, name, "", v);
+@ The values come from the snapshot, which was taken under the pool's lock,
+and from the atomic totals. The byte counters are read |relaxed|, as they
+are written: each is a sum, and no other memory depends on its value.
+
+@<Members of |StatsServer|@>=
+static double dest_value(Of what, const Destination &d, const DestState &s, Time now)
+{
+  switch (what) {
+  case Of::up: return s.up ? 1 : 0;
+  case Of::weight: return d.weight;
+  case Of::active: return s.active;
+  case Of::connections: return double(d.connections.load());
+  case Of::failed: return double(d.failed.load());
+  case Of::sent: return double(d.bytes_up.load(std::memory_order_relaxed));
+  case Of::received: return double(d.bytes_down.load(std::memory_order_relaxed));
+  case Of::change: return (now - s.changed_at) / 1e6;
+  }
+  return 0;
+}
+
+@ And five families for the balancer as a whole, in a table of their own
+whose order is the order of the values below. A client is {\it refused} when
+it is closed without ever reaching a destination: the queue was full, or its
+queue timeout passed.
+
+@<Functions@>=
+const Metric balancer_metrics[] = {@/
+  {Of::up, "iawlb_accepted_connections_total", "counter", "Clients accepted."},
+  {Of::up, "iawlb_queued_connections", "gauge", "Clients waiting for a destination now."},
+  {Of::up, "iawlb_active_connections", "gauge", "Clients accepted and not yet closed."},
+  {Of::up, "iawlb_refused_connections_total", "counter",
+    "Clients closed without reaching a destination (queue full or queue timeout)."},
+  {Of::up, "iawlb_uptime_seconds", "gauge", "Seconds since the balancer started."}@/
 };
-global("iawlb_accepted_connections_total", "counter", "Clients accepted.",
-  double(shared.accepted.load()));
-global("iawlb_queued_connections", "gauge", "Clients waiting for a destination now.",
-  double(shared.queued.load()));
-global("iawlb_active_connections", "gauge", "Clients accepted and not yet closed.",
-  double(shared.active.load()));
-global("iawlb_refused_connections_total", "counter",
-  "Clients closed without reaching a destination (queue full or queue timeout).",
-  double(shared.refused.load()));
-global("iawlb_uptime_seconds", "gauge", "Seconds since the balancer started.",
-  (now - shared.started) / 1e6);
+
+@ @<Append the balancer's own metrics...@>=
+const double value[] = {double(shared.accepted.load()), double(shared.queued.load()),@|
+  double(shared.active.load()), double(shared.refused.load()),
+  (now - shared.started) / 1e6};
+for (std::size_t k = 0; k < std::size(value); ++k) {
+  family(m, balancer_metrics[k]);
+  sample(m, balancer_metrics[k].name, "", value[k]);
+}
 
 @ {\it Starting and stopping the two threads.} The statistics listener is
 opened with the balancer's own listener, before any thread exists, so that
