@@ -7,6 +7,7 @@
 #   make demo       the balancer in front of three small web servers
 #   make bench      iawlb against HAProxy, nginx stream and pen (about 6 min)
 #   make bench-quick  the same in one short round (under 1 min)
+#   make profile    where the time goes, per request (under 1 min)
 #   make deps       install the Debian packages that all of this needs (as root)
 #   make clean      remove every generated file
 #
@@ -29,10 +30,10 @@ TANGLED  := $(BUILD)/iawlb.cpp $(BUILD)/main.cpp $(BUILD)/iawlb.hpp $(BUILD)/Syn
 DEPS_DEB := make g++ clang netcat-openbsd libclang-rt-14-dev texlive-binaries texlive-base \
             texlive-extra-utils texlive-metapost texlive-latex-base catch2 \
             python3 curl redis-server redis-tools util-linux poppler-utils \
-            haproxy nginx-light libnginx-mod-stream pen wrk
+            haproxy nginx-light libnginx-mod-stream pen wrk strace
 
 .DELETE_ON_ERROR:
-.PHONY: all check check-asan check-tsan check-all demo bench bench-quick deps clean doc
+.PHONY: all check check-asan check-tsan check-all demo bench bench-quick profile deps clean doc
 
 all: iawlb doc/iawlb.pdf
 
@@ -120,7 +121,14 @@ $(BUILD)/doc/figures.stamp: doc/figures.mp
 	  || { tail -20 figures.log; exit 1; }
 	@touch $@
 
-$(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp
+# The performance chapter's table is typeset from the report of the run named
+# in bench/CITED, so that no number in it is typed by hand.
+BENCH_CITED := $(shell cat bench/CITED)
+$(BUILD)/doc/benchtable.tex: bench/table-to-tex.py bench/CITED $(BENCH_CITED)/report.md
+	@mkdir -p $(BUILD)/doc
+	python3 bench/table-to-tex.py $(BENCH_CITED)/report.md > $@
+
+$(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUILD)/doc/benchtable.tex
 	cd $(BUILD)/doc && rm -f iawlb.toc && pdftex -interaction=nonstopmode -halt-on-error iawlb.tex >/dev/null \
 	  && pdftex -interaction=nonstopmode -halt-on-error iawlb.tex >/dev/null \
 	  || { tail -30 iawlb.log; exit 1; }
@@ -140,6 +148,10 @@ bench: iawlb
 
 bench-quick: iawlb
 	python3 bench/run.py --quick
+
+# Segments, CPU time and system calls per request: direct, iawlb and HAProxy.
+profile: iawlb
+	sh bench/profile.sh
 
 deps:
 	apt-get install -y $(DEPS_DEB)
