@@ -2,16 +2,18 @@
 % ctangle iawlb.w writes iawlb.cpp, iawlb.hpp, main.cpp and (through @@i) SyncedList.hpp;
 % cweave iawlb.w and pdftex make the book doc/iawlb.pdf.
 
-\def\iawlbversion{1.0.0}
+\def\iawlbversion{1.0.0} % the same as |iawlb_version| in the program
+\def\iawlbdate{25 November 2026}
 \def\title{IAWLB}
 \def\topofcontents{\null\vskip 1.2in
   \centerline{\titlefont IAWLB}\vskip 12pt
   \centerline{\tenbf The It-Almost-Works Load Balancer, made to work}\vskip 6pt
   \centerline{a TCP load balancer in \CPLUSPLUS/17, as a literate program}
   \vskip 24pt
-  \centerline{Version \iawlbversion}
+  \centerline{Version \iawlbversion, \iawlbdate}
   \vskip 6pt
-  \centerline{\sevenrm Built by {\tt make} (ctangle, cweave, pdftex) from {\tt iawlb.w} and {\tt SyncedList.w}}
+  \centerline{Built with {\tt make doc}: cweave {\tt iawlb.w} (which includes
+    {\tt SyncedList.w}), mpost {\tt doc/figures.mp}, pdftex {\tt iawlb.tex} twice}
   \vskip 36pt}
 \def\CPLUSPLUS/{C{\tt ++}}
 \def\nullptr{\&{nullptr}}
