@@ -128,10 +128,15 @@ $(BUILD)/doc/benchtable.tex: bench/table-to-tex.py bench/CITED $(BENCH_CITED)/re
 	@mkdir -p $(BUILD)/doc
 	python3 bench/table-to-tex.py $(BENCH_CITED)/report.md > $@
 
-$(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUILD)/doc/benchtable.tex
+$(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUILD)/doc/benchtable.tex \
+                        doc/seed-names.txt
 	cd $(BUILD)/doc && rm -f iawlb.toc && pdftex -interaction=nonstopmode -halt-on-error iawlb.tex >/dev/null \
 	  && pdftex -interaction=nonstopmode -halt-on-error iawlb.tex >/dev/null \
 	  || { tail -30 iawlb.log; exit 1; }
+	@missing=""; for n in $$(grep -v '^#' doc/seed-names.txt); do \
+	  e=$$(printf '%s' "$$n" | sed 's/_/\\\\_/g'); \
+	  grep -q "{$$e}" $(BUILD)/doc/iawlb.idx || missing="$$missing $$n"; done; \
+	  if [ -n "$$missing" ]; then echo "seed names missing from the index:$$missing"; rm -f $@; exit 1; fi
 	@bad=$$(grep -cE '^(Overfull|Underfull) \\[hv]box|Warning' $(BUILD)/doc/iawlb.log); \
 	  if [ $$bad -gt 0 ]; then grep -A3 -E '^(Overfull|Underfull) \\[hv]box|Warning' $(BUILD)/doc/iawlb.log; \
 	  echo "$(BUILD)/doc/iawlb.log: $$bad bad boxes or warnings"; rm -f $@; exit 1; fi

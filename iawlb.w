@@ -716,7 +716,7 @@ touch it, and how that access is made safe.
 other lock or any system call. With no nesting there is no lock order to get
 wrong, and no deadlock is possible.
 
-@ A |Worker| replaces IAWLB's |thr_info| record, which held a thread, its
+@ A |Worker| replaces IAWLB's |thr_info| record (a |struct thr_info_s|), which held a thread, its
 index, its destination's address and port, and a status and message that
 nobody read. It holds what the acceptor needs to reach it, then the state of
 its event loop. Its constructor creates the |eventfd| and the |epoll| instance and
@@ -1344,13 +1344,14 @@ connect timeout is made different for each destination?
 
 @* The relay.
 IAWLB's ``Pipe the data (bidirectionally)'' was one |recv| from the client
-into a 256\,KiB array on the worker's stack, a loop of |send| to the
-destination, a |poll| of up to 31 seconds for the answer, one |recv| of the
-answer, and a loop of |send| back to the client. Its send loops added the
-result of |send| to a counter without checking it for $-1$, so a failed
-|send| moved the counter {\it backwards} and the loop could spin; and they
-sent the whole buffer from its start again after a partial send, so a short
-send duplicated bytes. A TCP connection is not a request and an answer: it is
+into a 256\,KiB array on the worker's stack (|readbuf|, with the status
+|readstat|), a loop of |send| to the destination, a |poll| of up to 31
+seconds for the answer (on the one-element array |pfd|), one |recv| of the
+answer (|anstat|), and a loop of |send| back to the client. Its send loops
+added the result of |send| (|sendstat|) to a counter (|targetlen|) without
+checking it for $-1$, so a failed |send| moved the counter {\it backwards}
+and the loop could spin; and they sent the whole buffer from its start again
+after a partial send, so a short send duplicated bytes. A TCP connection is not a request and an answer: it is
 two independent byte streams, one each way, either of which may pause, end
 early or go on for days.
 @^IAWLB, departures from@>
@@ -3785,7 +3786,8 @@ struct SockAddr {@/
 };
 
 @ |addr_to_string| replaces IAWLB's |get_in_addr|, which returned a pointer
-into the address for |inet_ntop| and left the port out. Ours writes the
+into the address for |inet_ntop| (whose text went into a local |addr_buf|)
+and left the port out. Ours writes the
 address with its port, IPv6 addresses in brackets as on the command line:
 \.{127.0.0.1:9001}, \.{[::1]:9001}.
 @^IAWLB, departures from@>
@@ -3940,9 +3942,11 @@ the resolver answer \.{::1} first, and a server listening on IPv4 only would
 then refuse every connect. When a name has several addresses the first is
 used, as IAWLB's author suspected would do.
 
-The list |getaddrinfo| returns must be freed with |freeaddrinfo|; a
-|unique_ptr| with that deleter does it on every path, the throwing ones
-included.
+The list |getaddrinfo| returns must be freed with |freeaddrinfo|. IAWLB
+freed its lists (|sinfo| in |main|, |servinfo| in the worker, which then
+connected its socket |sockfd| to each address in turn) by hand, on each
+path; here a |unique_ptr| with that deleter does it on every path, the
+throwing ones included.
 
 @<Functions@>=
 struct AddrinfoFree {
