@@ -3434,6 +3434,29 @@ because of them.
 (shared.cfg.check_interval ? shared.cfg.dests.size() + 1 : 0)@|
   + (shared.cfg.stats ? stats_clients + 2 : 0)
 
+@ {\it Installing.} \.{make install} copies the program to
+\.{\$(PREFIX)/bin}, its manual page \.{doc/iawlb.1} to
+\.{\$(PREFIX)/share/man/man1}, and this book and an example systemd unit,
+\.{doc/iawlb.service}, to \.{\$(PREFIX)/share/doc/iawlb}; \.{PREFIX} is
+\.{/usr/local} unless given, and \.{DESTDIR} puts the whole tree under
+another root, as packagers need. \.{make uninstall} removes the same files.
+The manual page is written by hand in the \.{man} macros and lists every
+option, the signals, the exit statuses and examples; \.{make check-man} has
+\.{groff} render it and fails on any warning.
+@^systemd@>
+
+The unit shows what this program expects of a supervisor. It stops the
+balancer with |SIGTERM| and waits longer than the grace period
+(\.{TimeoutStopSec=45s} against the default \.{--grace} of 30\,s) before it
+would send |SIGKILL|, so that a stop is a drain. There is no
+\.{ExecReload}: the balancer reads no file and has nothing to reload; a new
+configuration is a new process, started beside the old one with
+\.{--reuseport}. It restarts the balancer after a failure but not after exit
+status~2, a command line that will not get better by itself. It raises the
+open-file limit, which is the balancer's capacity, and runs it as a
+throw-away user with no privilege, since the balancer needs nothing but
+sockets.
+
 @ Exercises.
 
 \smallskip
