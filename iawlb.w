@@ -1342,6 +1342,12 @@ connection. What does each operation cost now, and what changes when the
 connect timeout is made different for each destination?
 \smallskip
 
+\noindent Further reading: {\tt epoll(7)}, especially its questions and
+answers on edge-triggered mode and starvation; Dan Kegel's ``The C10K
+problem'' on the designs a server can choose between; Michael Kerrisk's
+{\it The Linux Programming Interface}, chapter~63, on the I/O models; nginx's
+and HAProxy's architecture documents, two event loops per CPU like ours.
+
 @* The relay.
 IAWLB's ``Pipe the data (bidirectionally)'' was one |recv| from the client
 into a 256\,KiB array on the worker's stack (|readbuf|, with the status
@@ -2522,6 +2528,11 @@ even without batching?
 to the same port (|SO_REUSEPORT|). Sketch a design where each worker accepts
 for itself. What becomes of the \&{SyncedList}? Of the connection limit?
 \smallskip
+
+\noindent Further reading: {\tt accept(2)} on the errors it passes on from
+the new socket; {\tt listen(2)} on the backlog and
+\.{net.core.somaxconn}; {\tt eventfd(2)}; Michael Kerrisk's LWN article
+``The SO\_REUSEPORT socket option'' (2013) on accepting in every thread.
 
 @* Signals and graceful end.
 IAWLB handled no signal: ``adding signals handling before entering this loop
@@ -4305,6 +4316,12 @@ constructor (leave |fd_| at $-1$). Which test fails? Now make it copy the
 descriptor instead (|fd_ = o.fd_|): what happens, and which tool tells you?
 \smallskip
 
+\noindent Further reading: {\tt getaddrinfo(3)}; RFC~5952 on writing IPv6
+addresses as text, and RFC~3986 on the brackets around them; {\tt ipv6(7)}
+on |IPV6_V6ONLY| and mapped addresses; {\tt getrlimit(2)} and the
+\.{LimitNOFILE} of {\tt systemd.exec(5)}; {\tt clock\_gettime(2)} and
+{\tt vdso(7)}.
+
 @* Logging.
 IAWLB's |Log| took a global mutex, |logmu|, wrote with |vprintf| to standard output,
 flushed, and released the mutex; ``of course it slows down everything'', its
@@ -4433,6 +4450,11 @@ mutex, and how much the formatting?
 pipe is full, and what would you change so that a stuck log reader cannot
 stop the relay?
 \smallskip
+
+\noindent Further reading: {\tt write(2)} and {\tt pipe(7)} on when a write
+is atomic (|PIPE_BUF|); {\tt printf(3)} on |vsnprintf| and truncation;
+HAProxy's configuration manual on its log formats (\.{option tcplog}), the
+model of our line per connection.
 
 @i SyncedList.w
 
