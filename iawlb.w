@@ -1217,8 +1217,7 @@ The time |epoll_wait| may sleep is the distance to the earliest deadline of
 the three lists, or to |retry_at| if clients are waiting for a destination,
 or zero if some connection has work left from the last round (|ready|). With
 nothing to wait for, it sleeps until an event arrives ($-1$). The distance is
-rounded {\it up} to whole milliseconds, so the loop never wakes a little
-before a deadline only to find nothing due.
+rounded {\it up} to whole milliseconds by |ms_until|.
 
 @<Members of |Worker|@>=
 void earliest(Time &t, List<Connection, TimerTag> &l, Time timeout)
@@ -1233,9 +1232,7 @@ int next_timeout()
   earliest(t, relaying, shared.cfg.idle_timeout);
   earliest(t, queued, shared.cfg.queue_timeout);
   if (!queued.empty()) t = std::min(t, retry_at);
-  if (t == forever) return -1;
-  Time left = (t - now_us() + 999) / 1000;
-  return int(std::max(Time(0), std::min(left, Time(3600 * 1000))));
+  return ms_until(t, now_us());
 }
 
 @ A connection that moved bytes has its idle deadline pushed back. To avoid
@@ -2393,8 +2390,7 @@ int poll_timeout() const
   Time t = forever;
   if (paused_until > now) t = paused_until;
   if (shared.phase == Phase::draining) t = std::min(t, grace_end);
-  if (t == forever) return -1;
-  return int((t - now + 999) / 1000);
+  return ms_until(t, now);
 }
 
 @ {\it Accepting in batches.} ``An interesting corner to polish'', IAWLB's
@@ -2853,9 +2849,8 @@ void run()
     if (!probe_all()) return;
     next = std::max(next + shared.cfg.check_interval, now_us());
     pollfd p = @[pollfd{stop_.get(), POLLIN, 0}@];
-    Time wait = next - now_us();
-    if (wait > 0 && poll(&p, 1, int((wait + 999) / 1000)) > 0) return;
-    if (wait <= 0 && poll(&p, 1, 0) > 0) return;
+    while (now_us() < next)
+      if (poll(&p, 1, ms_until(next, now_us())) > 0) return;
   }
 }
 
@@ -2911,7 +2906,7 @@ FOREVER {
   for (std::size_t i = 0; i < n; ++i) pending = pending || fds[i + 1].fd >= 0;
   Time left = end - now_us();
   if (!pending || left <= 0) break;
-  int r = poll(fds.data(), fds.size(), int((left + 999) / 1000));
+  int r = poll(fds.data(), fds.size(), ms_until(end, now_us()));
   if (r < 0 && errno != EINTR) break;
   if (r > 0 && fds[0].revents) return false;
   for (std::size_t i = 0; r > 0 && i < n; ++i)
@@ -3204,8 +3199,7 @@ for (@[const Client &c : clients_@]) {
   fds.push_back(@[pollfd{c.fd.get(), short(reading ? POLLIN : POLLOUT), 0}@]);
   first = std::min(first, c.deadline);
 }
-Time left = std::max(first - now_us(), Time(0));
-int timeout = first == forever ? -1 : int(left / 1000 + 1);
+int timeout = ms_until(first, now_us());
 
 @ A client is done when its descriptor has been closed: after its response,
 on an error, or at its deadline.
@@ -3750,6 +3744,23 @@ Time now_us()
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return Time(ts.tv_sec) * sec + ts.tv_nsec / 1000;
+}
+
+@ Every wait in the program (|epoll_wait| in the workers, |poll| in the
+acceptor, the checker and the statistics server) takes its limit in
+milliseconds, and computes it with |ms_until|: $-1$ (no limit) for
+|forever|, otherwise the distance to |t| rounded {\it up}, so that a loop
+never wakes a little before a deadline only to find nothing due. The
+distance is capped at an hour, since an |int| of milliseconds overflows
+after 24 days and a \.{--grace} or a timeout may be longer than that; a loop
+woken early by the cap finds nothing due and sleeps again.
+
+@<Functions@>=
+int ms_until(Time t, Time now)
+{
+  if (t == forever) return -1;
+  Time ms = (t - now + 999) / 1000;
+  return int(std::max(Time(0), std::min(ms, Time(3600 * 1000))));
 }
 
 @ {\it Descriptors.} A |unique_fd| owns one descriptor and closes it when
