@@ -3052,7 +3052,8 @@ before its greeting can be answered. The address the client connected to is
 asked of the kernel with |getsockname|; it is the listener's address, except
 on a wildcard listener, where it is the address of the machine that this
 client chose. The client may be gone already, and then |getsockname| fails
-and the connection ends as the client's error.
+and the connection ends as the client's error. The header's bytes are bytes
+sent to the destination, and the log and the statistics count them so.
 
 @<Put the PROXY protocol header in front of |c|'s bytes; |return| if the client is gone@>=
 SockAddr to;
