@@ -73,15 +73,22 @@ TEST_FLAGS := $(CXXFLAGS) -I$(BUILD) -Itests
 $(BUILD)/test_unit: tests/test_unit.cpp $(BUILD)/iawlb.o $(BUILD)/iawlb.hpp $(BUILD)/SyncedList.hpp
 	$(CXX) $(TEST_FLAGS) tests/test_unit.cpp $(BUILD)/iawlb.o -o $@ $(LDFLAGS) -lCatch2WithMain
 
-$(BUILD)/test_integration: tests/test_integration.cpp tests/harness.hpp
-	$(CXX) $(TEST_FLAGS) tests/test_integration.cpp -o $@ $(LDFLAGS) -lCatch2WithMain
+# The integration suites start the real binary; each is tests/test_NAME.cpp.
+INTEGRATION := integration
+
+$(BUILD)/test_%: tests/test_%.cpp tests/harness.hpp tests/balancer.hpp
+	$(CXX) $(TEST_FLAGS) $< -o $@ $(LDFLAGS) -lCatch2WithMain
 
 # Each suite appends its counts to $(BUILD)/results; tests/run-suite prints them.
-check: $(BUILD)/iawlb $(BUILD)/test_unit $(BUILD)/test_integration
-	@rm -f $(BUILD)/results
-	tests/run-suite $(BUILD)/results "unit$(if $(SUITE), ($(SUITE)))" $(BUILD)/test_unit
-	IAWLB=$(BUILD)/iawlb tests/run-suite $(BUILD)/results "integration$(if $(SUITE), ($(SUITE)))" $(BUILD)/test_integration
-	@tests/run-suite --total $(BUILD)/results
+check: $(BUILD)/iawlb $(BUILD)/test_unit $(addprefix $(BUILD)/test_,$(INTEGRATION))
+	@rm -f $(BUILD)/results; rc=0; \
+	  tests/run-suite $(BUILD)/results "unit$(if $(SUITE), ($(SUITE)))" $(BUILD)/test_unit || rc=1; \
+	  for s in $(INTEGRATION); do \
+	    echo "IAWLB=$(BUILD)/iawlb $(BUILD)/test_$$s"; \
+	    IAWLB=$(BUILD)/iawlb tests/run-suite $(BUILD)/results "$$s$(if $(SUITE), ($(SUITE)))" \
+	      $(BUILD)/test_$$s || rc=1; \
+	  done; \
+	  tests/run-suite --total $(BUILD)/results; exit $$rc
 
 check-asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN=address,undefined SUITE=asan check

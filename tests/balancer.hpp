@@ -1,0 +1,177 @@
+// balancer.hpp - what the integration suites share on top of harness.hpp: the
+// balancer process (started, waited for and checked for sanitizer reports), the
+// Catch2 listener that makes a Process print its output after a failure, and
+// small exchanges through the balancer (echo, fetch, tally).
+//
+// Include it once per test binary, after <catch2/catch.hpp> with
+// CATCH_CONFIG_EXTERNAL_INTERFACES defined: it registers the listener.
+#pragma once
+
+#include "harness.hpp"
+
+#include <cctype>
+#include <map>
+
+using namespace harness;
+
+namespace {
+
+// Counts failed assertions, so that a Process knows to print its output.
+struct FailureCounter : Catch::TestEventListenerBase {
+    using TestEventListenerBase::TestEventListenerBase;
+    bool assertionEnded(Catch::AssertionStats const& stats) override {
+        if (!stats.assertionResult.isOk()) failure_count().fetch_add(1);
+        return true;
+    }
+};
+
+constexpr double kReady = 15.0;  // balancer start-up ("listening on")
+constexpr double kIo = 20.0;     // one small exchange
+constexpr double kBulk = 180.0;  // one big transfer (which also fails after kIo without progress)
+const std::string kLo = "127.0.0.1";
+constexpr size_t MiB = 1024 * 1024;
+
+std::string iawlb_path() {
+    const char* e = std::getenv("IAWLB");
+    return e && *e ? e : "./iawlb";
+}
+
+// The balancer process. When it goes, it is killed, and its log must not hold a
+// sanitizer report (a sanitizer build may report and carry on).
+class Balancer {
+public:
+    explicit Balancer(std::unique_ptr<Process> p) : p_(std::move(p)) {}
+    Balancer(Balancer&&) = default;
+    ~Balancer() {
+        if (!p_) return;
+        p_->kill_now();
+        if (std::uncaught_exceptions() == 0) {
+            const std::string report = sanitizer_report(p_->log());
+            INFO("sanitizer report in the balancer's log:\n" << report);
+            CHECK(report.empty());
+        }
+    }
+    Process* operator->() const { return p_.get(); }
+
+private:
+    std::unique_ptr<Process> p_;
+};
+
+// Starts the balancer with `args` (optionally behind a wrapper such as prlimit) and
+// waits until it has logged "listening on".
+Balancer start_balancer(const std::vector<std::string>& args, const std::vector<std::string>& prefix = {}) {
+    const std::string bin = iawlb_path();
+    INFO("balancer binary: " << bin << " (set IAWLB to use another one)");
+    REQUIRE(::access(bin.c_str(), X_OK) == 0);
+    std::vector<std::string> argv(prefix);
+    argv.push_back(bin);
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto p = std::make_unique<Process>(argv);
+    INFO("command: " << p->command() << "\nspawn error: " << p->spawn_error());
+    REQUIRE(p->started());
+    bool ready = p->wait_for_log("listening on", kReady);
+    INFO("balancer: " << p->status().str() << "\nlog:\n" << p->log());
+    REQUIRE(ready);
+    return Balancer(std::move(p));
+}
+
+std::string listen_arg(uint16_t port, const std::string& host = kLo) { return host_port(host, port); }
+
+std::string lower(std::string s) {
+    for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+}
+
+// One echo round trip on an open connection: "" if fine, else what went wrong.
+std::string echo_on(int fd, const std::string& msg, double timeout = kIo) {
+    Io st = send_all(fd, msg, timeout);
+    if (st != Io::Ok) return std::string("send: ") + io_name(st);
+    std::string got;
+    st = recv_exact(fd, got, msg.size(), timeout);
+    if (st != Io::Ok) return std::string("recv: ") + io_name(st) + " after " + std::to_string(got.size()) + " bytes";
+    if (got != msg) return "got '" + got + "' instead of '" + msg + "'";
+    return "";
+}
+
+// Connect, one echo round trip, half-close, then EOF from the other side.
+std::string echo_check(const std::string& host, uint16_t port, const std::string& msg, double timeout = kIo) {
+    int e = 0;
+    Fd c = connect_to(host, port, timeout, &e);
+    if (!c) return std::string("connect: ") + std::strerror(e);
+    std::string r = echo_on(c.get(), msg, timeout);
+    if (!r.empty()) return r;
+    ::shutdown(c.get(), SHUT_WR);
+    Io st = wait_closed(c.get(), timeout);
+    if (st != Io::Eof) return std::string("after half-close: ") + io_name(st) + " instead of EOF";
+    return "";
+}
+
+// Connects and reads everything up to EOF (the answer of a Name backend). Errors come
+// back as "<...>".
+std::string fetch(const std::string& host, uint16_t port, double timeout = kIo) {
+    int e = 0;
+    Fd c = connect_to(host, port, timeout, &e);
+    if (!c) return std::string("<connect: ") + std::strerror(e) + ">";
+    std::string s;
+    Io st = recv_until_eof(c.get(), s, timeout);
+    if (st != Io::Eof) return "<" + std::string(io_name(st)) + " after '" + s + "'>";
+    return s;
+}
+
+// `n` sequential fetches, tallied by answer; stops after 3 errors (each may take kIo).
+std::map<std::string, int> fetch_many(uint16_t port, int n) {
+    std::map<std::string, int> counts;
+    for (int i = 0, errors = 0; i < n && errors < 3; ++i) {
+        std::string s = fetch(kLo, port);
+        counts[s]++;
+        if (s.empty() || s.front() == '<') ++errors;
+    }
+    return counts;
+}
+
+std::string show(const std::map<std::string, int>& m) {
+    std::string s;
+    for (auto& [k, v] : m) {
+        std::string key = k;
+        if (!key.empty() && key.back() == '\n') key.pop_back();
+        s += key + "=" + std::to_string(v) + " ";
+    }
+    return s;
+}
+
+// Connection attempts until one is refused (the balancer closed its listening socket).
+// Returns the seconds it took, or -1 if it never happened within `timeout`.
+double wait_refused(const std::string& host, uint16_t port, double timeout) {
+    double t0 = now();
+    Deadline d(timeout);
+    while (!d.expired()) {
+        int e = 0;
+        Fd probe = connect_once(host, port, std::min(1.0, std::max(0.05, d.left())), &e);
+        if (!probe && e == ECONNREFUSED) return now() - t0;
+        probe.reset();
+        sleep_s(std::min(0.05, d.left()));
+    }
+    return -1;
+}
+
+// A port free on both 127.0.0.1 and ::1.
+uint16_t free_port_both() {
+    for (int i = 0; i < 50; ++i) {
+        uint16_t p = free_port("::1");
+        SockAddr a;
+        make_addr(kLo, p, a);
+        Fd s = tcp_socket(AF_INET);
+        if (p && s && ::bind(s.get(), a.ptr(), a.len) == 0) return p;
+    }
+    return 0;
+}
+
+std::string resp(const std::vector<std::string>& words) {
+    std::string s = "*" + std::to_string(words.size()) + "\r\n";
+    for (auto& w : words) s += "$" + std::to_string(w.size()) + "\r\n" + w + "\r\n";
+    return s;
+}
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(FailureCounter)
