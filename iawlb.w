@@ -116,6 +116,8 @@
 @s ReadyTag int
 @s Buffer int
 @s BufferPool int
+@s Pipe int
+@s PipePool int
 @s Peer int
 @s Half int
 @s Flow int
@@ -284,7 +286,7 @@ int main(int argc, char **argv)
     return run(cfg);
   }
   catch (const std::exception &e) {
-    std::fprintf(stderr, "iawlb: %s\n", e.what());
+    std::fprintf(stderr, "iawlb: %s\n", printable(e.what()).c_str());
     return 1;
   }
 }
@@ -541,8 +543,9 @@ if (rl.rlim_cur < usable_file_limit(rl)) {
 }
 if (shared.cfg.workers == 0) shared.cfg.workers = cpu_count();
 rlim_t own = @<Descriptors the operations threads need@>;
-std::size_t capacity = connection_capacity(rl.rlim_cur > own ? rl.rlim_cur - own : 0,
-  shared.cfg.workers);
+rlim_t files = rl.rlim_cur > own ? rl.rlim_cur - own : 0;
+std::size_t capacity = connection_capacity(files, shared.cfg.workers);
+shared.pipes_per_worker = pipe_budget(files, shared.cfg.workers);
 if (capacity == 0)
   throw std::runtime_error("the open-file limit is too low to relay a single connection");
 @.the open-file limit is too low@>
@@ -778,6 +781,7 @@ List<Connection, TimerTag> queued, connecting, relaying; /* each by deadline */
 List<Connection, ReadyTag> ready; /* relaying, with work left for the next round */
 std::vector<Connection *> round; /* scratch for |run_ready| */
 BufferPool buffers;
+PipePool pipes; /* at most |shared.pipes_per_worker| */
 Time now = 0; /* the clock, read once per round */
 Time retry_at = 0; /* when clients in |queued| may ask the pool again */
 bool draining = false; /* the balancer is ending: leave when |conns| is empty */
@@ -1086,6 +1090,8 @@ void finish(Connection &c, End why)
   c.server.fd.reset();
   buffers.give(c.up.buf);
   buffers.give(c.down.buf);
+  pipes.give(c.up.pipe);
+  pipes.give(c.down.pipe);
   List<Connection, TimerTag>::remove_if_linked(&c);
   List<Connection, ReadyTag>::remove_if_linked(&c);
   set_state(c, State::closed);
@@ -1399,14 +1405,22 @@ an idle connection holds no buffer at all, only its |Connection| record of a
 couple of hundred bytes. That is how the balancer holds thousands of idle
 connections in little memory.
 
+A half that carries a bulk stream moves its bytes through a pipe instead
+(|bulk|, |@<Relay buffers@>|); then the bytes in flight are the |held| bytes
+of its |pipe|, and its buffer stays null. Either way there is one window,
+and |empty| says whether it holds anything.
+
 @<Peers and halves@>=
 struct Half {@/
   Buffer buf; /* null when empty */
   std::uint32_t head = 0, tail = 0; /* |buf[head..tail)| waits to be sent */
+  Pipe pipe; /* with |bulk|: closed, or bytes read from the source and not yet sent */
+  bool bulk = false; /* the stream is big enough to be spliced */
   bool eof = false; /* the source ended its stream */
   bool shut = false; /* we have shut down the destination's writing side */
   std::uint64_t bytes = 0; /* moved so far */
   std::uint64_t counted = 0; /* how many of them the statistics know */
+  bool empty() const@+{@+ return head == tail && pipe.held == 0;@+}
 };
 
 @ {\it Buffers.} A relay buffer is 256\,KiB, so that one system call moves
@@ -1447,6 +1461,101 @@ public:@/
 private:@/
   std::vector<Buffer> spare_;@/
 };
+
+@ {\it Splicing bulk streams.} A copying relay moves every byte across the
+boundary between the kernel and the program twice: |recv| copies it from the
+source socket's queue into the buffer, |send| copies it from the buffer into
+the destination socket's queue. For a download of a gigabyte that is two
+gigabytes of copying on the balancer's CPU, which on a small machine it
+shares with everything else. Linux can skip both copies. |splice| moves
+data between a descriptor and a {\it pipe} inside the kernel: from a TCP
+socket into a pipe it hands over references to the pages that hold the
+received segments, and from the pipe into the other socket it gives the same
+pages to TCP to send. The bytes never enter the balancer's memory. A pipe is
+then the window of the half: bytes read and not yet sent, |held| of them,
+and backpressure works as before, since the half reads only when its pipe is
+empty. Chapter {\sl Performance} measures what this saves.
+@^Linux dependencies@>
+@^IAWLB, departures from@>
+
+Splicing is not for every stream. A pipe costs two descriptors and a
+|pipe2| call, and a splice in and a splice out are two system calls, as many
+as a |recv| and a |send|; on a request of a few hundred bytes nothing is saved,
+and a pipe would be paid for nothing. So a half starts copying, as above, and
+turns |bulk| the first time a single |recv| fills its whole buffer: 256\,KiB
+waiting at once is a stream, not a request. Requests, keep-alive traffic and
+interactive protocols never reach that and stay on the copying path,
+unchanged; a download reaches it on its first read.
+
+@<Relay buffers@>=
+struct Pipe {@/
+  unique_fd rd, wr; /* both closed, or both open */
+  std::uint32_t held = 0; /* bytes in the pipe */
+};
+
+@ {\it Pipes are descriptors}, and descriptors are the balancer's capacity
+(|connection_capacity|). So each worker may have at most |pipe_budget|
+pipes open, in use or spare, and those descriptors are set aside at start-up
+before the connection limit is computed: 32 pipes per worker under the usual
+limit of thousands of files, fewer under a small limit, and none below 64
+files per worker, where no pipe is worth a client. A half that wants a pipe
+and finds none (the budget is used up, or |pipe2| failed) simply goes on
+copying; that is slower but just as correct.
+@^Linux dependencies@>
+
+A new pipe is given the size of a buffer with |F_SETPIPE_SZ| (its default is
+64\,KiB), so that one splice moves as much as one |recv|. Linux counts pipe
+pages per user, and past a soft limit of 16,384 pages it gives an
+unprivileged user's new pipes a single page; two workers with 32 pipes of
+64 pages each stay far below it. If the call fails anyway, the pipe keeps its
+default size, which again is only slower. Like buffers, up to |spare_max|
+pipes are kept spare when the window empties, so that a stream that
+pauses and goes on does not pay for a new pipe. A pipe that still holds
+bytes when its connection ends is closed, never kept: its bytes belong to
+a stream that is over.
+
+@<Relay buffers@>=
+class PipePool {@/
+public:@/
+  bool take(Pipe &p, std::size_t budget)
+  {
+    if (!spare_.empty()) {
+      p = std::move(spare_.back());
+      spare_.pop_back();
+      return true;
+    }
+    int fds[2];
+    if (open_ >= budget || pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0) return false;
+    p.rd.reset(fds[0]);
+    p.wr.reset(fds[1]);
+    fcntl(p.wr.get(), F_SETPIPE_SZ, int(buffer_size));
+    ++open_;
+    return true;
+  }
+  void give(Pipe &p)
+  {
+    if (!p.rd) return;
+    if (p.held == 0 && spare_.size() < spare_max) spare_.push_back(std::move(p));
+    else {
+      p.rd.reset();
+      p.wr.reset();
+      --open_;
+    }
+    p.held = 0;
+  }
+private:@/
+  std::vector<Pipe> spare_;@/
+  std::size_t open_ = 0; /* pipes of this worker, in use or spare */
+};
+
+@ The budget is a function of the open-file limit and the number of workers,
+so that |connection_capacity| can set its descriptors aside.
+
+@<Functions@>=
+std::size_t pipe_budget(rlim_t files, unsigned workers)
+{
+  return std::min<rlim_t>(32, files / (64 * rlim_t(workers)));
+}
 
 @ {\it Pumping a connection.} |pump| runs the two halves, client to server
 (|up|) and server to client (|down|), and then looks at the outcome. An error
@@ -1511,9 +1620,11 @@ enum class Flow {@+ idle, more, src_error, dst_error@+};
 @ {\it Relaying one direction.} The loop alternates two steps until neither
 can go on: if the window holds bytes, send them; if it is empty, read more.
 It stops when the destination is full, when the source has nothing more for
-now or has ended its stream, or when this round's share is used up. After
-the loop, an empty window gives its buffer back, and a source that has ended
-its stream has that end forwarded.
+now or has ended its stream, or when this round's share is used up. The
+window is the buffer or, for a bulk stream, the pipe (|@<Relay buffers@>|);
+both steps come in the two forms. After the loop, an empty window gives its
+buffer or its pipe back, and a source that has ended its stream has that
+end forwarded.
 
 @<Members of |Worker|@>=
 Flow relay(Connection &c, Half &h, const Half &other, Peer &src, Peer &dst)
@@ -1523,8 +1634,14 @@ Flow relay(Connection &c, Half &h, const Half &other, Peer &src, Peer &dst)
     if (h.head < h.tail) {
       @<Send what |h| holds to |dst|; |break| if |dst| is full, |return| on error@>@;
     }
+    else if (h.pipe.held > 0) {
+      @<Splice what the pipe of |h| holds to |dst|; |break| if |dst| is full, |return| on error@>@;
+    }
     else if (h.eof || !src.readable) break;
     else if (budget == 0) return Flow::more;
+    else if (h.bulk && (h.pipe.rd || pipes.take(h.pipe, shared.pipes_per_worker))) {
+      @<Splice from |src| into the pipe of |h|; |break| if nothing is there, |return| on error@>@;
+    }
     else {
       @<Receive from |src| into |h|; |break| if nothing is there, |return| on error@>@;
     }
@@ -1607,7 +1724,8 @@ if (n > 0) {
   h.tail = std::uint32_t(n);
   h.bytes += std::uint64_t(n);
   budget -= std::min(budget, std::size_t(n));
-  if (std::size_t(n) < buffer_size && !src.hup) {
+  if (std::size_t(n) == buffer_size) h.bulk = true;
+  else if (!src.hup) {
     if (src.rdhup) h.eof = true;
     else src.readable = false;
   }
@@ -1623,7 +1741,64 @@ else {
   return Flow::src_error;
 }
 
-@ When the window is empty its buffer goes back to the pool. When, in
+@ {\it The two splices.} Their outcomes are those of |send| and |recv|, with
+three differences, which the code below follows.
+
+\smallskip
+\item{$\bullet$} Only |EAGAIN| says that a socket is full or empty. A
+short count from |send| or |recv| told us that already, and saved a call;
+{\tt splice(2)} promises nothing about short counts, and a wrong guess here
+would wait for an edge that never comes and stall the stream. So a short
+splice is simply followed by another; on a bulk stream the extra call is one
+per round, not per byte.
+\item{$\bullet$} For the same reason the rule of |rdhup| (a short read after a
+FIN is the end) is not used: the end is the splice that returns~0.
+\item{$\bullet$} |splice| has no |MSG_NOSIGNAL|. Into a socket that the peer
+has reset it raises |SIGPIPE| before it fails with |EPIPE|, and only because
+the balancer ignores that signal (chapter {\sl Signals and graceful end})
+does the call return at all.
+\smallskip
+
+\noindent Reading happens only when the pipe is empty, exactly as with the
+buffer, so a splice from the source never finds the pipe full, and an
+|EAGAIN| from it means that the socket has nothing.
+
+@<Splice what the pipe of |h|...@>=
+if (!dst.writable) break;
+ssize_t n = splice(h.pipe.rd.get(), nullptr, dst.fd.get(), nullptr, h.pipe.held,
+  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+if (n < 0) {
+  if (errno == EINTR) continue;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    dst.writable = false;
+    break;
+  }
+  c.error = errno;
+  return Flow::dst_error;
+}
+h.pipe.held -= std::uint32_t(n);
+
+@ @<Splice from |src| into the pipe...@>=
+ssize_t n = splice(src.fd.get(), nullptr, h.pipe.wr.get(), nullptr, buffer_size,
+  SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+if (n > 0) {
+  h.pipe.held = std::uint32_t(n);
+  h.bytes += std::uint64_t(n);
+  budget -= std::min(budget, std::size_t(n));
+}
+else if (n == 0) h.eof = true;
+else if (errno == EINTR) continue;
+else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+  src.readable = false;
+  break;
+}
+else {
+  c.error = errno;
+  return Flow::src_error;
+}
+
+@ When the window is empty its buffer goes back to the pool, and so does
+its pipe. When, in
 addition, the source has ended its stream, the destination is told with
 |shutdown(SHUT_WR)|: it reads the end of stream after the last byte, exactly
 as if the source were connected to it directly. Its other direction is not
@@ -1644,7 +1819,8 @@ that socket, and handled there.
 
 @<Give back an empty buffer...@>=
 if (h.head == h.tail) buffers.give(h.buf);
-if (h.eof && h.head == h.tail && !h.shut) {
+if (h.pipe.held == 0) pipes.give(h.pipe);
+if (h.eof && h.empty() && !h.shut) {
   if (!other.shut) shutdown(dst.fd.get(), SHUT_WR);
   h.shut = true;
 }
@@ -2290,6 +2466,7 @@ struct Shared {@/
   Config cfg; /* immutable once the threads run */
   Pool pool;@/
   std::size_t max_conn = 0; /* ditto */
+  std::size_t pipes_per_worker = 0; /* ditto; |pipe_budget| */
   std::atomic<std::size_t> active = 0; /* clients accepted and not yet closed */
   std::atomic<std::size_t> queued = 0; /* of those, clients without a destination */
   std::atomic<std::uint64_t> accepted = 0, refused = 0; /* totals */
@@ -3068,6 +3245,7 @@ std::string h = proxy_header(shared.cfg.proxy, c.from, to);
 c.up.buf = buffers.take();
 std::memcpy(c.up.buf.get(), h.data(), h.size());
 c.up.tail = std::uint32_t(h.size());
+c.up.bytes = h.size();
 
 @ {\it A restart without a refused client.} Replacing a running balancer
 by a new version (a new binary, a new list of destinations) takes, without
@@ -3895,8 +4073,9 @@ struct Endpoint {@/
   std::uint16_t port = 0;@/
   unsigned weight = 1; /* a destination's share of the clients */
 };
+std::string printable(std::string_view s);
 struct UsageError : std::runtime_error {@/
-  using std::runtime_error::runtime_error;@/
+  explicit UsageError(const std::string &m)@+ @[: std::runtime_error(printable(m))@] @+{}@/
 };
 
 @ The splitter returns views into the argument: no copy until the caller
@@ -3944,6 +4123,38 @@ std::string get_addr(std::string_view arg)
 std::string get_port(std::string_view arg)
 {
   return std::string(split_host_port(arg).port);
+}
+
+@ {\it Messages stay on one line.} An argument can hold any byte but NUL,
+and a message that quotes it as typed can then span several lines, or send
+escape sequences to the operator's terminal: \.{./iawlb \$'8080\\n' 9001}
+printed its complaint over three lines, although this program promises one.
+The fuzzer of the address parser found it with an input of one byte, a
+newline, which is now kept among its regression inputs in
+\.{tests/fuzz/regressions}. So every
+|UsageError| passes its message through |printable|, which writes control
+characters the way C writes them in strings, \.{\\n} or \.{\\x1b}, and
+|main| does the same for every other error it prints. Bytes from 128 up are
+left alone: they are the UTF-8 of a host name or a path, not control codes.
+@.bad listen address ...@>
+
+@<Functions@>=
+std::string printable(std::string_view s)
+{
+  std::string out;
+  for (@[char ch : s@]) {
+    unsigned char u = static_cast<unsigned char>(ch);
+    if (u >= 0x20 && u != 0x7f) out += ch;
+    else if (ch == '\n') out += "\\n";
+    else if (ch == '\t') out += "\\t";
+    else if (ch == '\r') out += "\\r";
+    else {
+      char hex[5];
+      std::snprintf(hex, sizeof hex, "\\x%02x", u);
+      out += hex;
+    }
+  }
+  return out;
 }
 
 @ A port is one to five decimal digits with a value from 1 to 65535. Port~0
@@ -4275,14 +4486,15 @@ rlim_t usable_file_limit(const rlimit &rl)
 
 @ Each connection needs two descriptors, and the balancer keeps a few for
 itself: the three standard streams, the listener, the signal and wake-up
-descriptors, and two per worker (its |epoll| and its |eventfd|). Sixteen plus
+descriptors, and two per worker (its |epoll| and its |eventfd|), and the
+pipes of the workers for bulk streams (|pipe_budget|). Sixteen plus
 two per worker leaves some spare for the unforeseen. The default shown by
 \.{--help} is the capacity under the limit the balancer will raise itself to.
 
 @<Functions@>=
 std::size_t connection_capacity(rlim_t files, unsigned workers)
 {
-  std::size_t reserved = 16 + 2 * std::size_t(workers);
+  std::size_t reserved = 16 + 2 * std::size_t(workers) * (1 + pipe_budget(files, workers));
   return files > reserved + 1 ? (files - reserved) / 2 : 0;
 }
 std::size_t default_max_conn(unsigned workers)

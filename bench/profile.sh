@@ -9,8 +9,9 @@
 # prints per request: TCP segments sent by the whole machine (/proc/net/snmp
 # OutSegs), CPU time of the whole machine (/proc/stat), and for the proxy its
 # own CPU time and context switches (/proc/PID). Then, with strace -c -f on
-# the proxy, system calls per request. Everything it starts is stopped at the
-# end, also on Ctrl-C.
+# the proxy, system calls per request. Last, three curl downloads of a 1 GiB
+# file (on /dev/shm) through each target: the median rate and the proxy's CPU
+# time per GiB. Everything it starts is stopped at the end, also on Ctrl-C.
 set -u
 secs=${1:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,12 +20,13 @@ for t in nginx haproxy wrk strace "$iawlb"; do
     command -v "$t" >/dev/null 2>&1 || [ -x "$t" ] || { echo "profile.sh: missing $t" >&2; exit 1; }
 done
 dir=$(mktemp -d /tmp/iawlb-profile.XXXXXX)
+big=$(mktemp -d /dev/shm/iawlb-profile.XXXXXX)
 pids=""
 cleanup() {
     for p in $pids; do kill "$p" 2>/dev/null; done
     [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null
     sleep 0.3
-    rm -rf "$dir"
+    rm -rf "$dir" "$big"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -45,6 +47,7 @@ http {
         listen 127.0.0.1:$b1 backlog=4096; listen 127.0.0.1:$b2 backlog=4096;
         listen 127.0.0.1:$b3 backlog=4096;
         location = / { default_type text/plain; return 200 "hello\n"; }
+        location = /big { root $big; }
     }
 }
 EOF
@@ -66,6 +69,7 @@ backend be
     server s2 127.0.0.1:$b2
     server s3 127.0.0.1:$b3
 EOF
+head -c 1073741824 /dev/zero > "$big/big"; chmod 755 "$big"; chmod 644 "$big/big"
 nginx -c "$dir/nginx.conf" -g 'daemon on;' 2>>"$dir/log" || { echo "profile.sh: nginx failed" >&2; exit 1; }
 "$iawlb" -a roundrobin --idle-timeout 0 "127.0.0.1:$pi" "$b1" "$b2" "$b3" 2>>"$dir/log" &
 ipid=$!; pids="$pids $ipid"
@@ -123,4 +127,22 @@ for mode in close keepalive; do
         awk -v t=$t -v m=$mode -v n="$n" -v c="${calls:-0}" -v top="$top" \
             'BEGIN { printf "| %s | %s | %.2f (%s) |\n", t, m, n ? c / n : 0, top }'
     done
+done
+echo
+echo "| target | 1 GiB download, MB/s (median of 3) | proxy CPU, ms per GiB (median) |"
+echo "|---|---|---|"
+for t in direct iawlb haproxy; do
+    case $t in direct) p=$b1 pid="";; iawlb) p=$pi pid=$ipid;; haproxy) p=$ph pid=$hpid;; esac
+    for i in 1 2 3; do
+        u0=$(utime_of "$pid"); k0=$(stime_of "$pid")
+        r=$(curl -s -o /dev/null --max-time 60 -w '%{http_code} %{size_download} %{speed_download}' \
+            "http://127.0.0.1:$p/big")
+        u1=$(utime_of "$pid"); k1=$(stime_of "$pid")
+        echo "$r $(( (u1 - u0) + (k1 - k0) ))"
+    done | awk -v t=$t -v hz="$hz" -v px="$pid" '
+        $1 == 200 && $2 == 1073741824 { n++; mb[n] = $3 / 1e6; ms[n] = $4 * 1000 / hz }
+        function med(a, k,   i, j, x) { for (i = 2; i <= k; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+            return a[int((k + 1) / 2)] }
+        END { if (n == 0) { printf "| %s | failed | |\n", t; exit }
+              printf "| %s | %.0f | %s |\n", t, med(mb, n), px ? sprintf("%.0f", med(ms, n)) : "—" }'
 done

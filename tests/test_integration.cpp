@@ -927,3 +927,100 @@ TEST_CASE("a destination that resets after its last bytes: the client sees a res
     CHECK(resets == rounds);
     CHECK(lb->running());
 }
+
+// 23
+TEST_CASE("more bulk streams than the worker has pipes: all byte-exact, and the pipes are given back",
+          "[integration]") {
+    // One worker has 32 pipes under a limit of 20000 files. Eighty downloads of
+    // 4 MiB, read one after the other, hold eighty windows full at once: 32 of
+    // them in pipes (spliced), the others in buffers (copied). Every stream
+    // must arrive exact, and afterwards at most spare_max (8) pipes stay open.
+    raise_nofile_limit();
+    const uint64_t N = 4 * MiB, seed = 2323;
+    auto src = Backend::source("S23", N, seed);
+    uint16_t lp = free_port();
+    auto lb = start_balancer({"-w", "1", listen_arg(lp), src->address()});
+    const pid_t pid = lb->pid();
+    const int fd0 = proc_fd_count(pid);
+
+    constexpr int K = 80;
+    std::vector<Fd> cs;
+    for (int i = 0; i < K; ++i) {
+        cs.push_back(connect_to(kLo, lp));
+        REQUIRE(cs.back());
+    }
+    // Let every stream fill its window before the first is read.
+    wait_until([&] { return src->connections() == K; }, kIo);
+    sleep_s(0.5);
+    const int fd_busy = proc_fd_count(pid);
+    int exact = 0;
+    std::string first_error;
+    for (int i = 0; i < K; ++i) {
+        VerifyResult r = recv_verify(cs[i].get(), Pattern(seed), N, kIo, kBulk);
+        if (r.mismatch_at == -1 && r.bytes == N && r.status == Io::Eof)
+            ++exact;
+        else if (first_error.empty())
+            first_error = "client " + std::to_string(i) + ": " + r.str();
+        cs[i].reset();
+    }
+    bool settled = wait_until([&] { return proc_fd_count(pid) <= fd0 + 16; }, 10.0, 0.05);
+    const int fd1 = proc_fd_count(pid);
+    INFO("fds: " << fd0 << " at start, " << fd_busy << " with " << K << " streams waiting, " << fd1 << " at the end");
+    INFO("first error: " << first_error);
+    CHECK(exact == K);
+    CHECK(fd_busy > fd0 + 2 * K);  // the pipes were used: more than two sockets per stream
+    CHECK(fd_busy <= fd0 + 2 * K + 64);  // but no more than the budget of 32 pipes
+    CHECK(settled);
+    CHECK(lb->running());
+}
+
+// 24
+TEST_CASE("a destination that resets in the middle of a bulk stream: the client sees a reset", "[integration]") {
+    // The spliced path must pass a reset on as a reset, like the copying one.
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t dp = ports[0], lp = ports[1];
+    Fd srv = listen_socket(kLo, dp);
+    REQUIRE(srv);
+    auto lb = start_balancer({"-w", "1", listen_arg(lp), listen_arg(dp)});
+    const int rounds = 20;
+    int clean = 0, resets = 0, other = 0;
+    const std::string body = Pattern(24).bytes(3 * MiB);
+    for (int i = 0; i < rounds; ++i) {
+        Fd c = connect_to(kLo, lp);
+        REQUIRE(c);
+        pollfd p{srv.get(), POLLIN, 0};
+        REQUIRE(::poll(&p, 1, 5000) == 1);
+        Fd s(::accept(srv.get(), nullptr, nullptr));
+        REQUIRE(s);
+        ::fcntl(s.get(), F_SETFL, O_NONBLOCK);
+        // A first byte through: the balancer is relaying, not still connecting
+        // (a reset during the connect is a failed connect, and is retried).
+        std::string got;
+        REQUIRE(send_all(s.get(), body.substr(0, 1), kIo) == Io::Ok);
+        REQUIRE(recv_exact(c.get(), got, 1, kIo) == Io::Ok);
+        // The client reads while the server sends, so the stream turns bulk.
+        size_t sent = 1;
+        Deadline d(kIo);
+        while (sent < body.size() && !d.expired()) {
+            ssize_t n = ::send(s.get(), body.data() + sent, body.size() - sent, MSG_NOSIGNAL);
+            if (n > 0) sent += static_cast<size_t>(n);
+            recv_available(c.get(), got);
+            if (n <= 0) sleep_s(0.001);
+        }
+        REQUIRE(sent == body.size());
+        s.abort();  // a reset after 3 MiB, some of it still on its way
+        size_t rest = 0;
+        Io st = wait_closed(c.get(), kIo, &rest);
+        if (st == Io::Eof)
+            ++clean;
+        else if (st == Io::Reset)
+            ++resets;
+        else
+            ++other;
+    }
+    INFO("clean ends " << clean << ", resets " << resets << ", other " << other << " in " << rounds);
+    CHECK(clean == 0);
+    CHECK(resets == rounds);
+    CHECK(lb->running());
+}
