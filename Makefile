@@ -8,6 +8,11 @@
 #   make bench      iawlb against HAProxy, nginx stream and pen (about 6 min)
 #   make bench-quick  the same in one short round (under 1 min)
 #   make profile    where the time goes, per request (under 1 min)
+#   make install    copy ./iawlb, doc/iawlb.1, the book and doc/iawlb.service
+#                   under $(DESTDIR)$(PREFIX) (PREFIX is /usr/local unless given)
+#   make uninstall  remove exactly the files that make install copied
+#   make check-man  render doc/iawlb.1 with groff; fail on any warning
+#   make fuzz       libFuzzer on the address and argument parsers, FUZZ_SECONDS (60) each
 #   make deps       install the Debian packages that all of this needs (as root)
 #   make clean      remove every generated file
 #
@@ -97,14 +102,19 @@ check-tsan:
 	$(MAKE) BUILD=build-tsan CXX=clang++ OPT="-O1 -g" SAN=thread SUITE=tsan check
 
 # Every suite runs even if an earlier one failed; the last line sums them all.
+# The book, the man page and the fuzzers count as one test each.
+CHECK_FUZZ_SECONDS ?= 20
+one = if $(MAKE) $(2); then r='1\t0'; else r='0\t1'; fi; printf "$(1)\t$$r\n" >> build/results-more
+
 check-all:
-	@mkdir -p build
-	@if $(MAKE) doc; then r='1\t0'; else r='0\t1'; fi; \
-	  printf "book (0 TeX warnings)\t$$r\n" > build/results-book
+	@mkdir -p build; rm -f build/results-more
+	@$(call one,book (0 TeX warnings),doc)
+	@$(call one,man page (0 groff warnings),check-man)
 	-$(MAKE) check
 	-$(MAKE) check-asan
 	-$(MAKE) check-tsan
-	@tests/run-suite --total build/results-book build/results build-asan/results build-tsan/results
+	@$(call one,fuzz ($(CHECK_FUZZ_SECONDS) s per target),fuzz FUZZ_SECONDS=$(CHECK_FUZZ_SECONDS))
+	@tests/run-suite --total build/results-more build/results build-asan/results build-tsan/results
 
 # ---------------------------------------------------------------- the book
 # cweave exits 5 on harmless warnings; 10 and more are errors. pdftex runs
@@ -149,6 +159,103 @@ $(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUIL
 	  echo "$(BUILD)/doc/iawlb.log: $$bad bad boxes or warnings"; rm -f $@; exit 1; fi
 
 doc: doc/iawlb.pdf
+
+# ---------------------------------------------------------------- installing
+# Where the files go is the book's section "Installing" (chapter Operations):
+# the program, its manual page, the book and an example systemd unit, under
+# $(PREFIX). DESTDIR puts the whole tree under another root, as packagers
+# need; give make uninstall the same PREFIX and DESTDIR as make install.
+# check-man has groff render the page with every warning enabled and fails
+# if groff says anything at all on standard error (MANPAGE=FILE checks
+# another copy of the page). It renders for the terminal and again for
+# PostScript, because the terminal devices accept a font that does not exist.
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+INSTALLED := $(DESTDIR)$(PREFIX)/bin/iawlb $(DESTDIR)$(PREFIX)/share/man/man1/iawlb.1 \
+             $(DESTDIR)$(PREFIX)/share/doc/iawlb/iawlb.pdf \
+             $(DESTDIR)$(PREFIX)/share/doc/iawlb/iawlb.service
+MANPAGE   := doc/iawlb.1
+DEPS_DEB  += groff-base
+.PHONY: install uninstall check-man
+
+install: all doc/iawlb.1 doc/iawlb.service
+	install -D -m 755 iawlb $(DESTDIR)$(PREFIX)/bin/iawlb
+	install -D -m 644 doc/iawlb.1 $(DESTDIR)$(PREFIX)/share/man/man1/iawlb.1
+	install -D -m 644 doc/iawlb.pdf $(DESTDIR)$(PREFIX)/share/doc/iawlb/iawlb.pdf
+	install -D -m 644 doc/iawlb.service $(DESTDIR)$(PREFIX)/share/doc/iawlb/iawlb.service
+
+uninstall:
+	rm -f $(INSTALLED)
+
+check-man: $(MANPAGE)
+	@w=$$( { groff -man -Tutf8 -ww -z $(MANPAGE) && groff -man -Tps -ww -z $(MANPAGE); } 2>&1 ) \
+	  || w="$$w (groff failed)"; \
+	  if [ -n "$$w" ]; then printf '%s\n' "$$w"; echo "$(MANPAGE): groff warnings or errors"; exit 1; fi
+	@echo "$(MANPAGE): groff -man -ww -Tutf8 and -Tps: no warnings"
+
+# ---------------------------------------------------------------- fuzzing
+# Two libFuzzer targets, built with clang++ under AddressSanitizer and
+# UndefinedBehaviorSanitizer in $(FUZZ_DIR): tests/fuzz/fuzz_endpoint.cpp (one
+# argument: addresses, ports, weights, durations, counts) and
+# tests/fuzz/fuzz_args.cpp (the whole of parse_args). make fuzz replays
+# tests/fuzz/regressions/TARGET-*, then runs each target, one process (no
+# -fork), for FUZZ_SECONDS on a fresh copy of its seed corpus
+# tests/fuzz/corpus-TARGET/ in $(FUZZ_DIR) (the seeds are never written), and
+# ends with each target's exec/s and coverage. A crash or a broken property
+# stops that target, leaves the input in $(FUZZ_DIR)/crash-* and fails make;
+# $(FUZZ_DIR)/fuzz_TARGET FILE replays it, -minimize_crash=1 -runs=100000
+# shrinks it. The targets link a copy of iawlb.o in which every call to a
+# function named in tests/fuzz/fuzz.hpp (printing, files, sockets, signals,
+# exit) goes to a trap, so that a parser that prints or exits is caught too.
+FUZZ_SECONDS ?= 60
+FUZZ_DIR     := build-fuzz
+FUZZ_RUNS    := endpoint:256 args:1024
+FUZZ_BINS    := $(FUZZ_DIR)/fuzz_endpoint $(FUZZ_DIR)/fuzz_args
+FUZZ_CXX     := clang++ -std=c++17 -g -O1 -Wall -Wextra -Werror -pthread -fno-omit-frame-pointer \
+                -fno-sanitize-recover=all
+.PHONY: fuzz fuzz-clean
+
+# The tangle rule above, run with BUILD=$(FUZZ_DIR); the ifneq keeps that
+# sub-make from seeing these rules.
+ifneq ($(BUILD),$(FUZZ_DIR))
+$(FUZZ_DIR)/tangle.stamp: $(WEBS) Makefile
+	@$(MAKE) --no-print-directory BUILD=$(FUZZ_DIR) $@
+
+$(FUZZ_DIR)/iawlb.cpp $(FUZZ_DIR)/iawlb.hpp $(FUZZ_DIR)/SyncedList.hpp: $(FUZZ_DIR)/tangle.stamp ;
+
+$(FUZZ_DIR)/iawlb.o: $(FUZZ_DIR)/iawlb.cpp $(FUZZ_DIR)/iawlb.hpp $(FUZZ_DIR)/SyncedList.hpp
+	$(FUZZ_CXX) -fsanitize=fuzzer-no-link,address,undefined -c $< -o $@
+
+$(FUZZ_DIR)/iawlb-guarded.o: $(FUZZ_DIR)/iawlb.o tests/fuzz/fuzz.hpp
+	objcopy $$(sed -n 's/^IAWLB_FUZZ_GUARD(\([A-Za-z0-9_]*\))$$/--redefine-sym \1=iawlb_fuzz_guard_\1/p' \
+	  tests/fuzz/fuzz.hpp) $< $@
+
+$(FUZZ_BINS): $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.cpp tests/fuzz/fuzz.hpp $(FUZZ_DIR)/iawlb-guarded.o \
+              $(FUZZ_DIR)/iawlb.hpp $(FUZZ_DIR)/SyncedList.hpp
+	$(FUZZ_CXX) -fsanitize=fuzzer,address,undefined -I$(FUZZ_DIR) $< $(FUZZ_DIR)/iawlb-guarded.o -o $@
+
+fuzz: $(FUZZ_BINS)
+	@rc=0; sum=""; for run in $(FUZZ_RUNS); do \
+	  t=$${run%:*}; len=$${run#*:}; bin=$(FUZZ_DIR)/fuzz_$$t; log=$(FUZZ_DIR)/fuzz_$$t.log; \
+	  regs=$$(ls tests/fuzz/regressions/$$t-* 2>/dev/null); \
+	  if [ -n "$$regs" ] && ! $$bin $$regs > $(FUZZ_DIR)/regressions-$$t.log 2>&1; then \
+	    tail -40 $(FUZZ_DIR)/regressions-$$t.log; rc=1; \
+	    sum="$$sum$$bin: a regression input fails, see $(FUZZ_DIR)/regressions-$$t.log\n"; continue; fi; \
+	  rm -rf $(FUZZ_DIR)/corpus-$$t && cp -R tests/fuzz/corpus-$$t $(FUZZ_DIR)/corpus-$$t || exit 1; \
+	  echo "$$bin: $(FUZZ_SECONDS) s, -max_len=$$len, log in $$log"; \
+	  if $$bin -max_total_time=$(FUZZ_SECONDS) -max_len=$$len -timeout=10 -print_final_stats=1 \
+	      -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus-$$t > $$log 2>&1; then \
+	    sum="$$sum$$bin: $$(sed -n 's/^#\([0-9]*\)[[:space:]]*DONE *cov: \([0-9]*\) ft: \([0-9]*\) corp: \([0-9]*\)\/.* exec\/s: \([0-9]*\).*/\1 runs, exec\/s: \5, cov: \2, ft: \3, corpus: \4 inputs/p' $$log)\n"; \
+	  else \
+	    rc=1; grep -B2 -A40 -m1 -E '^==[0-9]+==|fuzz property violated|runtime error|libFuzzer: ' $$log; \
+	    sum="$$sum$$bin: FAILED, input: $$(sed -n 's/.*Test unit written to //p' $$log)\n"; fi; \
+	done; printf "$$sum"; exit $$rc
+endif
+
+# make clean removes $(FUZZ_DIR) as well.
+clean: fuzz-clean
+fuzz-clean:
+	rm -rf $(FUZZ_DIR)
 
 # ---------------------------------------------------------------- the rest
 demo: all

@@ -9,6 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <numeric>
 #include <set>
 #include <thread>
@@ -224,6 +227,64 @@ TEST_CASE("parse_endpoint rejects every malformed place, naming it", "[unit][par
             CHECK(m.find('\n') == std::string::npos);
         }
     }
+}
+
+TEST_CASE("printable escapes control characters and keeps the rest", "[unit][parse]")
+{
+    CHECK(printable("8080") == "8080");
+    CHECK(printable("a\nb\tc\rd") == "a\\nb\\tc\\rd");
+    CHECK(printable(std::string("x\0y", 3)) == "x\\x00y");
+    CHECK(printable("\x1b[31m\x7f") == "\\x1b[31m\\x7f");
+    CHECK(printable("h\xc3\xa9te") == "h\xc3\xa9te");  // UTF-8 stays
+}
+
+// Every input the fuzzers once broke a property with (tests/fuzz/regressions,
+// named TARGET-WHAT) is replayed here: an endpoint input through the address
+// parser, an args input (one argument per line) through parse_args. Either
+// may be refused, but only with a UsageError of one printable line.
+TEST_CASE("fuzz regressions: refused with one printable line, never worse", "[unit][parse][fuzz]")
+{
+    namespace fs = std::filesystem;
+    const fs::path dir = "tests/fuzz/regressions";
+    REQUIRE(fs::is_directory(dir));
+    int replayed = 0;
+    for (const auto &entry : fs::directory_iterator(dir)) {
+        const std::string name = entry.path().filename().string();
+        std::ifstream in(entry.path(), std::ios::binary);
+        const std::string data((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        INFO("input " << name << " (" << data.size() << " bytes)");
+        std::string message;
+        try {
+            if (name.rfind("endpoint-", 0) == 0) {
+                parse_endpoint(data, "listen address");
+                parse_dest(data);
+            } else if (name.rfind("args-", 0) == 0) {
+                std::vector<std::string> args = {"iawlb"};
+                std::string a;
+                for (char ch : data + "\n")
+                    if (ch == '\n' || ch == '\0') {
+                        args.push_back(a);
+                        a.clear();
+                    } else {
+                        a += ch;
+                    }
+                std::vector<const char *> argv;
+                for (auto &x : args) argv.push_back(x.c_str());
+                argv.push_back(nullptr);
+                parse_args(int(args.size()), argv.data());
+            } else {
+                FAIL("a regression input must be named endpoint-* or args-*");
+            }
+        } catch (const UsageError &e) {
+            message = e.what();
+            CHECK(!message.empty());
+        }
+        INFO("message: " << message);
+        CHECK(std::none_of(message.begin(), message.end(),
+                           [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }));
+        ++replayed;
+    }
+    CHECK(replayed > 0);
 }
 
 TEST_CASE("parse_duration and format_duration", "[unit][parse]")
