@@ -38,8 +38,9 @@ created in a constructor and destroyed in a destructor written by hand. We use
 forgotten on an early return or an exception.
 \smallskip
 
-\noindent Two operations are new. A {\it timed} |pop| gives up after a time
-limit (tests use it to wait without hanging), and |drain| takes everything
+\noindent Besides |close| (defect~3), two operations are new. A {\it timed}
+|pop| gives up after a time limit (tests use it to wait without hanging),
+and |drain| takes everything
 waiting at once without blocking: the balancer's workers never block on the
 list, because they already sleep in |epoll_wait|; they learn that sockets are
 waiting from an |eventfd| and then drain (|@<Take the sockets waiting in the inbox@>|).
@@ -120,6 +121,7 @@ and its destructor destroyed them. A |std::mutex| and a
 themselves, so nothing is left to write but the rule that a list is never
 copied: two copies would have two mutexes, and neither would protect the
 other's items.
+@^IAWLB, departures from@>
 
 @<Constructor and destructor@>=
 SyncedList() = default;@/
@@ -159,6 +161,7 @@ std::size_t enqueue(T e)
 improvements'' and did not finish. |splice| moves the nodes of |batch| to the
 end of |list_| without allocating or copying, and leaves |batch| empty, so the
 caller may reuse it.
+@^IAWLB, departures from@>
 
 @<Pop and enqueue@>=
 std::size_t enqueue(std::list<T> &batch)
@@ -189,6 +192,7 @@ empty list, which could happen on a spurious wake-up, so its workers spun in
 the loop |while (!accepted_sock.pop(&sockcaller))| until a |pop| succeeded.
 Here |false| has a single meaning:
 closed and empty, nothing more will ever come.
+@^IAWLB, departures from@>
 
 @<Pop and enqueue@>=
 bool pop(T *dst)
@@ -256,6 +260,7 @@ void waitdata(std::unique_lock<std::mutex> &lock,@/
 @ |wakeup| replaces IAWLB's broadcast by one |notify_one| per item. If |n| is
 larger than the number of threads still blocked, the extra notifications find
 nobody and cost nothing.
+@^IAWLB, departures from@>
 
 @<Concurrency management@>=
 void wakeup(std::size_t n)
@@ -315,8 +320,9 @@ fails, and why does nothing hang?
 order'' fails first?
 \item{4.} Make |SyncedList| lock-free for one producer and one consumer (a ring
 of atomics, as in Lamport's single-producer queue) and measure the connection
-rate with \.{wrk -H 'Connection: close'} before and after. Is the list ever the
-bottleneck? Use \.{perf} or
+rate before and after, with
+\.{wrk -H 'Connection: close'} \.{http://127.0.0.1:8080/} through the
+balancer. Is the list ever the bottleneck? Use \.{perf} or
 \.{valgrind --tool=callgrind} to find out before you guess.
 \smallskip
 

@@ -2,8 +2,8 @@
 % ctangle iawlb.w writes iawlb.cpp, iawlb.hpp, main.cpp and (through @@i) SyncedList.hpp;
 % cweave iawlb.w and pdftex make the book doc/iawlb.pdf.
 
-\def\iawlbversion{1.0.0} % the same as |iawlb_version| in the program
-\def\iawlbdate{25 November 2026}
+\def\iawlbversion{1.1.0} % the same as |iawlb_version| in the program
+\def\iawlbdate{1 December 2026}
 \def\title{IAWLB}
 \def\topofcontents{\null\vskip 1.2in
   \centerline{\titlefont IAWLB}\vskip 12pt
@@ -13,7 +13,8 @@
   \centerline{Version \iawlbversion, \iawlbdate}
   \vskip 6pt
   \centerline{Built with {\tt make doc}: cweave {\tt iawlb.w} (which includes
-    {\tt SyncedList.w}), mpost {\tt doc/figures.mp}, pdftex {\tt iawlb.tex} twice}
+    {\tt SyncedList.w}),}
+  \centerline{mpost {\tt doc/figures.mp}, pdftex {\tt iawlb.tex} twice}
   \vskip 36pt}
 \def\CPLUSPLUS/{C{\tt ++}}
 \def\nullptr{\&{nullptr}}
@@ -21,6 +22,7 @@
 \def\E{\mathrel{==}} % print == as ==
 \def\W{\mathbin{\hbox{\tt\char38\char38}}} % && for logical and and rvalue references alike
 \def\V{\mathbin{\hbox{\tt\char124\char124}}}
+\def\vb#1{\hbox{\.{#1}}} % @@=&&@@> in code: an rvalue reference, set without cweave's frame
 \def\pipe{\char124 } % a vertical bar inside \.{...}
 \emergencystretch=2em % lets TeX loosen a line around a long identifier
 \input supp-pdf.mkii % \convertMPtoPDF places the MetaPost figures of doc/figures.mp
@@ -53,6 +55,10 @@
 @s string int
 @s string_view int
 @s vector int
+@s optional int
+@s sockaddr_storage int
+@s pthread_mutex_t int
+@s pthread_cond_t int
 @s deque int
 @s list int
 @s unique_ptr int
@@ -130,6 +136,12 @@
 @s Worker int
 @s Balancer int
 @s AddrinfoFree int
+@s Checker int
+@s StatsServer int
+@s Metric int
+@s DestState int
+@s Of int
+@s Proxy int
 
 @* It-Almost-Works Load Balancer.
 Suppose several copies of a service listen on different ports, and clients
@@ -139,14 +151,18 @@ chooses one of the copies, the {\it destinations}, opens a second connection
 to it, and copies bytes between the two until both sides are done. IAWLB, the
 It-Almost-Works Load Balancer, is such a program. Its first version was a short
 CWEB program whose author was frank about its limits; this book is its second
-version, the program it wanted to be.
+version, the program it wanted to be. Two names keep them apart: {\it IAWLB}
+always means that first version, the {\it seed} of this one, and
+{\it the balancer} (or \.{iawlb}, the command) means the program of this
+book.
 
 The shape stays. An {\it acceptor} thread accepts connections and pushes the
 accepted sockets on a synchronized FIFO list, the \&{SyncedList}; {\it worker}
 threads pop them, connect to a destination and relay. Figure~1 shows the
 threads and what each hands to the next: the acceptor appends batches of
 accepted sockets to one \&{SyncedList} per worker and wakes the worker
-through an |eventfd| (dashed); the worker drains its list, asks the shared
+through an |eventfd|, a counter in the kernel that a sleeping thread can wait
+on (dashed); the worker drains its list, asks the shared
 |Pool| which destination to use (dotted), connects and relays.
 
 \figure1{The architecture: one acceptor, one inbox and one event loop per
@@ -166,9 +182,11 @@ the same two files. As root, in a clone of the repository:
 \smallskip
 \item{} \.{apt-get update \&\& apt-get install -y make \&\& make deps}
 \hfil\break installs the compiler, CWEB, \TeX\ and the test tools;
-\item{} \.{make} runs \.{ctangle} and \.{g++} to make \.{./iawlb}, and \.{cweave}
-and \.{pdftex} to make this book, \.{doc/iawlb.pdf};
-\item{} \.{make check} runs the unit and integration tests;
+\item{} \.{make} runs \.{ctangle} and \.{g++} to make \.{./iawlb}, and \.{cweave},
+\.{mpost} (for the figures) and \.{pdftex} to make this book, \.{doc/iawlb.pdf};
+\item{} \.{make check} runs the unit and integration tests, and
+\.{make check-all} everything: the book, the tests again under two
+sanitizers, the manual page and a short run of the fuzzers;
 \item{} \.{make demo} starts three small web servers and the balancer in front
 of them, sends thirty requests and shows where each went.
 \smallskip
@@ -204,7 +222,8 @@ from''. The main ones:
 \row A worker died at the first failed connect&
   $\to$ the destination is marked down, the client goes to another one
   (chapter {\sl Balancing and failure}).\cr
-\row Every |enqueue| woke every worker; batching was ``a change I won't do''&
+\row Every |enqueue| woke every worker; batching was ``an important change I
+  won't do''&
   $\to$ the acceptor hands over whole batches, one lock and one wake-up each
   (chapters {\sl The server loop} and {\sl The synchronized FIFO list}).\cr
 \row No signals, no graceful end&
@@ -229,7 +248,10 @@ from''. The main ones:
 and its |enqueue| takes a non-constant reference to a temporary. None of its
 code is kept; its names are.
 
-@ The program is four files. Three are tangled from this web: \.{iawlb.hpp} is the
+@ The program is four files. Three are {\it tangled} from this {\it web}, the
+CWEB source \.{iawlb.w} of this book: \.{ctangle} collects its code
+sections into compilable files, as \.{cweave} collects its prose and code
+into the book. \.{iawlb.hpp} is the
 interface: the types and functions that the tests use as well as the
 program. \.{iawlb.cpp} is everything else. \.{main.cpp} holds only |main|, so
 that the tests can link \.{iawlb.cpp} without it. A fourth file,
@@ -237,7 +259,8 @@ that the tests can link \.{iawlb.cpp} without it. A fourth file,
 the chapter {\sl The synchronized FIFO list}.
 
 IAWLB's outline was ``include files, globals and more, functions, thread code,
-main''. The implementation file keeps that outline.
+main''. The implementation file keeps that outline; it is the unnamed code
+below, which \.{ctangle} writes to \.{iawlb.cpp}.
 
 @c
 #include "iawlb.hpp"
@@ -277,7 +300,6 @@ worker met an impossible error;
 @(main.cpp@>=
 #include "iawlb.hpp"
 #include <cstdio>
-#include <fcntl.h>
 int main(int argc, char **argv)
 {
   Config cfg;
@@ -285,7 +307,7 @@ int main(int argc, char **argv)
   try {
     return run(cfg);
   }
-  catch (const std::exception &e) {
+  catch (const std::exception &e)@+{
     std::fprintf(stderr, "iawlb: %s\n", printable(e.what()).c_str());
     return 1;
   }
@@ -295,12 +317,13 @@ int main(int argc, char **argv)
 argument is checked before anything starts, by |parse_args| (chapter {\sl Other
 functions and defines}), which throws |UsageError| with a message naming the
 argument at fault. The message is one line, with a pointer to the help.
+@^IAWLB, departures from@>
 
 @<Check arguments...@>=
 try {
   cfg = parse_args(argc, argv);
 }
-catch (const UsageError &e) {
+catch (const UsageError &e)@+{
   std::fprintf(stderr, "iawlb: %s (see iawlb --help)\n", e.what());
 @.see iawlb --help@>
   return 2;
@@ -317,7 +340,7 @@ if (cfg.version) {
 @ The version is the one printed on the title page of this book.
 
 @<Interface types@>=
-constexpr const char *iawlb_version = "1.0.0";
+constexpr const char *iawlb_version = "1.1.0";
 
 @ The configuration is everything the command line can say. Times are kept in
 microseconds (|@<Basic types@>|); zero for |workers| and
@@ -327,7 +350,7 @@ depend on the machine, not on the command line.
 @<Interface types@>=
 enum class Algorithm {@+ leastconn, roundrobin@+};
 enum class Proxy {@+ none, v1, v2@+}; /* which PROXY protocol header to send */
-struct Config {
+struct Config {@/
   Endpoint listen; /* where clients connect */
   std::vector<Endpoint> dests; /* where they are sent */
   unsigned workers = 0; /* 0: one per CPU */
@@ -344,7 +367,7 @@ struct Config {
   std::optional<Endpoint> stats; /* where to serve the statistics */
   Proxy proxy = Proxy::none;@/
   bool reuseport = false;@/
-  bool verbose = false, help = false, version = false;
+  bool verbose = false, help = false, version = false;@/
 };
 
 @ The usage text is printed by \.{--help}. It shows each default, and for the
@@ -353,7 +376,7 @@ two defaults that depend on the machine, the value they take here.
 @<Write the usage text@>=
 std::string s = "usage: iawlb [OPTIONS] LISTEN DEST [DEST...]\n\n"@/
 "Accept TCP connections on LISTEN and relay each one to a DEST.\n\n"@/
-"  LISTEN  PORT (every interface), IP:PORT or [IPv6]:PORT\n"@/
+"  LISTEN  PORT (every interface), HOST:PORT or [IPv6]:PORT\n"@/
 "  DEST    PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT, then @@W for a\n"@/
 "          weight W from 1 to 256 (default: 1)\n\n"@/
 "Options (D is a duration: 250ms, 3s, 2m, 1h, or a number of seconds):\n";
@@ -364,22 +387,26 @@ s += "  -c, --max-conn N         clients served at once, more wait in the backlo
   + std::to_string(default_max_conn(cpu_count())) + " here)\n";
 s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"@/
 "      --connect-timeout D  give up connecting to a destination (default: 3s)\n"@/
-"      --idle-timeout D     close a connection idle this long, 0: never (default: 5m)\n"@/
+"      --idle-timeout D     close a connection idle this long, 0: never\n"@/
+"                           (default: 5m)\n"@/
 "      --queue-timeout D    how long a client waits while every destination\n"@/
 "                           is down (default: 10s)\n"@/
-"      --grace D            time left to open connections after SIGTERM (default: 30s)\n"@/
+"      --grace D            time left to open connections after SIGTERM or\n"@/
+"                           SIGINT (default: 30s)\n"@/
 "      --backoff-max D      longest wait before a down destination is tried\n"@/
 "                           again (default: 5s)\n"@/
-"      --check-interval D   probe each DEST with a TCP connect every D (default: 0, off)\n"@/
-"      --rise N, --fall N   checks passed to bring a DEST back (default: 2), failed\n"@/
-"                           to take it out (default: 3)\n"@/
+"      --check-interval D   probe each DEST with a TCP connect every D\n"@/
+"                           (default: 0, off)\n"@/
+"      --rise N, --fall N   checks passed to bring a DEST back (default: 2),\n"@/
+"                           failed to take it out (default: 3)\n"@/
 "      --queue-max N        clients that may wait while every DEST is down; more\n"@/
 "                           are closed at once (default: 0, no limit)\n"@/
 "      --stats ADDR:PORT    serve /metrics (Prometheus text) over HTTP there\n"@/
 "                           (a bare PORT means 127.0.0.1)\n"@/
 "      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
 "      --send-proxy-v2      send a PROXY protocol v2 header to each DEST\n"@/
-"      --reuseport          let another iawlb listen on LISTEN too (SO_REUSEPORT)\n"@/
+"      --reuseport          let another iawlb listen on LISTEN too\n"@/
+"                           (SO_REUSEPORT)\n"@/
 "  -v, --verbose            log one line per finished connection\n"@/
 "  -h, --help               print this help and exit\n"@/
 "  -V, --version            print the version and exit\n\n"@/
@@ -434,6 +461,7 @@ explicit Balancer(const Config &cfg)
 {
   shared.cfg = cfg;
   shared.started = now_us();
+  set_log_level(cfg.verbose ? Level::debug : Level::info);
   @<Block the signals and open |signals|@>@;
   @<Raise the open-file limit and choose |shared.max_conn|@>@;
   @<Resolve every destination@>@;
@@ -547,7 +575,8 @@ rlim_t files = rl.rlim_cur > own ? rl.rlim_cur - own : 0;
 std::size_t capacity = connection_capacity(files, shared.cfg.workers);
 shared.pipes_per_worker = pipe_budget(files, shared.cfg.workers);
 if (capacity == 0)
-  throw std::runtime_error("the open-file limit is too low to relay a single connection");
+  throw std::runtime_error("the open-file limit is too low to relay a single "@|
+    "connection");
 @.the open-file limit is too low@>
 shared.max_conn = shared.cfg.max_conn ? shared.cfg.max_conn : capacity;
 @<Lower |shared.max_conn| to what the descriptors allow@>@;
@@ -566,7 +595,7 @@ capacity, with a warning, as HAProxy does for its \.{maxconn}. The pause on
 @<Lower |shared.max_conn|...@>=
 if (shared.max_conn > capacity) {
   Log(Level::warn, "--max-conn %zu needs more open files than the limit of %llu; "@|
-    "serving at most %zu clients at once", shared.max_conn, (unsigned long long) rl.rlim_cur,
+    "serving at most %zu clients at once", shared.max_conn, ull(rl.rlim_cur),
     capacity);
   shared.max_conn = capacity;
 }
@@ -581,7 +610,7 @@ it listens, with a message naming the argument.
 @<Resolve every destination@>=
 shared.pool.algorithm = shared.cfg.algorithm;
 shared.pool.backoff_cap = shared.cfg.backoff_max;
-for (@[const Endpoint &d : shared.cfg.dests@])
+for (@[const Endpoint &d@,:@,shared.cfg.dests@])
   shared.pool.add(resolve(d, "destination"), d.weight);
 
 @ IAWLB created one thread per destination and stopped silently at 32
@@ -598,9 +627,9 @@ for (unsigned i = 0; i < shared.cfg.workers; ++i)
   workers.push_back(std::make_unique<Worker>(shared, i + 1));
 batches.resize(workers.size());
 try {
-  for (@[auto &w : workers@]) new_dispatcher(*w);
+  for (@[auto &w@,:@,workers@]) new_dispatcher(*w);
 }
-catch (const std::system_error &e) {
+catch (const std::system_error &e)@+{
   throw std::runtime_error(std::string("cannot create a worker thread: ") + e.what());
 }
 
@@ -629,7 +658,8 @@ and compare \.{ss -ltn} for the two. From which addresses can a client reach
 each one?
 \item{3.} Give |listen| a backlog of 4, as IAWLB did with three
 destinations. Then run this through the balancer:
-\.{wrk -c 64 -H 'Connection: close'}. How many socket errors does \.{wrk} report, and why do they stop
+\.{wrk -c 64 -H 'Connection: close'} \.{http://127.0.0.1:8080/}, with a web
+server on port 9001. How many socket errors does \.{wrk} report, and why do they stop
 when the backlog is restored?
 \smallskip
 
@@ -645,7 +675,7 @@ request of at most 256\,KiB, sent it, waited up to 31 seconds for one answer,
 sent that back, closed both sockets, slept 50\,ms, and popped the next socket.
 @^IAWLB, departures from@>
 
-That design fails in three ways, each easy to see with two terminals:
+That design fails in three ways, each easy to see with a few terminals:
 
 \smallskip
 \item{1.} {\it One connection per destination at a time.} With three
@@ -673,6 +703,13 @@ and does on each only the work that will not block. The pool of workers is
 fixed, one per CPU by default, and no worker is tied to a destination: each
 picks a destination for each client (chapter {\sl Balancing and failure}).
 
+The chapter goes from the outside in: who owns what (the invariants that
+let a worker run without locks), the |Worker|'s members and thread, the
+event loop and how it is woken, a connection and its states (Figure~2),
+how an event is handled and how a connection is closed, and last the timers
+and the intrusive lists that keep connections in deadline order. The relay
+of bytes, which a worker does for each connection, is the next chapter.
+
 @ {\it Ownership.} The rules that make the worker safe without locks on its
 connections are about who owns what:
 
@@ -685,18 +722,22 @@ each step, never copied, so at every moment one object will close it.
 \item{$\bullet$} A |Connection| is created, read, written and destroyed by
 one worker thread only. No other thread has a pointer to it. This is why the
 relay needs no lock.
-\item{$\bullet$} A worker's |epoll| instance, buffers and timer lists are its
-own. Only three members of a |Worker| are touched by another thread (the
-acceptor): |inbox|, which has its own lock, |wake|, an |eventfd| whose |write|
-is atomic, and |load|, an atomic counter.
+\item{$\bullet$} A worker's |epoll| instance, buffers, pipes and timer lists are its
+own. While it runs, only three members of a |Worker| are touched by another
+thread (the acceptor): |inbox|, which has its own lock, |wake|, an |eventfd|
+whose |write| is atomic, and |load|, an atomic counter. Its |id| is also read
+by the acceptor, but never changes after the constructor, and its |runner| is
+joined by the acceptor only after the worker's thread has ended.
 \item{$\bullet$} What workers share with each other is the |Shared| state:
 the configuration (written once before the threads start, read-only after),
 the destination |Pool| (its own mutex, chapter {\sl Balancing and failure}), and a
 few atomic counters.
 \smallskip
 
-@ The ownership table: each object, the thread that owns it, who else may
-touch it, and how that access is made safe.
+@ The ownership table: each object, the thread that owns it (the
+|Balancer|'s objects belong to the main thread, which runs it), who else may
+touch it, and how that access is made safe. A {\it leaf} lock is one whose
+holder takes no other lock before releasing it.
 @^lock order@>
 
 \smallskip
@@ -704,7 +745,7 @@ touch it, and how that access is made safe.
 1.05in{#2\hfil}\hbox to 1.9in{#3\hfil}\hbox{#4}\hfil}}
 \tbl{\bf object}&{\bf owner}&{\bf others}&{\bf protected by}\cr
 \tbl|Config| in |Shared|&main thread&every thread reads&immutable after start\cr
-\tbl|Pool| of destinations&|Balancer|&every worker&|Pool::m_| (a leaf lock)\cr
+\tbl|Pool| of destinations&main thread&every worker&|Pool::m_| (a leaf lock)\cr
 \tbl|SyncedList| |inbox|&its |Worker|&acceptor enqueues&|SyncedList::m_|\cr
 \tbl|Worker::wake|&its |Worker|&acceptor writes&atomic |eventfd| counter\cr
 \tbl|Worker::load|&its |Worker|&acceptor reads, adds&|std::atomic|\cr
@@ -725,6 +766,7 @@ nobody read. It holds what the acceptor needs to reach it, then the state of
 its event loop. Its constructor creates the |eventfd| and the |epoll| instance and
 registers the first with the second, marked by a zero in |data.u64|; no
 connection has that mark (|@<Decode the event...@>|).
+@^IAWLB, departures from@>
 
 @<Members of |Worker|@>=
 Shared &shared;
@@ -792,6 +834,7 @@ epoll_event events[max_events];
 it a pointer to its |thr_info| record; the thread's function was
 |process_request|. We keep both names and that shape, with |std::thread|,
 which throws |std::system_error| when the thread cannot be created.
+@^IAWLB, departures from@>
 
 @<Start and run a worker@>=
 void process_request(Worker *w);
@@ -817,7 +860,7 @@ void process_request(Worker *w)
   try {
     w->loop();
   }
-  catch (const std::exception &e) {
+  catch (const std::exception &e)@+{
     Log(Level::error, "worker stopped: %s", e.what());
     w->shared.failed = true;
   }
@@ -890,10 +933,11 @@ void on_wake()
 blocking |pop| in the loop
 $$\hbox{|while (!accepted_sock.pop(&sockcaller))|}$$
 The worker now takes the whole batch in one |drain| and adopts each socket.
+@^IAWLB, departures from@>
 
 @<Take the sockets waiting in the inbox@>=
 std::list<Accepted> batch = inbox.drain();
-for (@[Accepted &a : batch@]) adopt(a);
+for (@[Accepted &a@,:@,batch@]) adopt(a);
 
 @ {\it A connection} is the pair of sockets, client side and server side, and
 the state of the two directions between them (chapter {\sl The relay}). It is in
@@ -1135,12 +1179,12 @@ formatted by the worker itself without any lock (chapter {\sl Logging}).
 
 @<Log the finished...@>=
 if (shared.cfg.verbose) {
-  double waited = c.connected ? (c.connected - c.accepted) / 1000.0 : -1;
+  double waited = c.connected ? (c.connected - c.accepted) / double(msec) : -1;
   std::string to = c.dest >= 0 ? shared.pool[c.dest].name : "-";
   Log(Level::info, "%s -> %s %s up %llu down %llu connect %.1f ms total %.1f ms%s%s",
-    addr_to_string(c.from).c_str(), to.c_str(), end_name(why),
-    (unsigned long long) c.up.bytes, (unsigned long long) c.down.bytes, waited,
-    (now - c.accepted) / 1000.0, c.error ? " " : "", c.error ? std::strerror(c.error) : "");
+    addr_to_string(c.from).c_str(), to.c_str(), end_name(why),@|
+    ull(c.up.bytes), ull(c.down.bytes), waited, (now - c.accepted) / double(msec),@|
+    c.error ? " " : "", c.error ? std::strerror(c.error) : "");
 }
 
 @ The names of the ways a connection ends, as they appear in that line.
@@ -1197,7 +1241,7 @@ append, both constant-time.
 The queue is the one exception: its deadline counts from the time the client
 was {\it accepted}, and a client that failed a connect comes back to it with
 an older key than clients queued since. |wait_for_destination| inserts it in
-order (|@<Intrusive lists@>|); the walk is short, because such a
+order (|@<Insert |x| in the order of |key|@>|); the walk is short, because such a
 client belongs near the front.
 
 @<Members of |Worker|@>=
@@ -1349,7 +1393,8 @@ connect timeout is made different for each destination?
 answers on edge-triggered mode and starvation; Dan Kegel's ``The C10K
 problem'' on the designs a server can choose between; Michael Kerrisk's
 {\it The Linux Programming Interface}, chapter~63, on the I/O models; nginx's
-and HAProxy's architecture documents, two event loops per CPU like ours.
+and HAProxy's architecture documents, which describe one event loop per CPU,
+as here.
 
 @* The relay.
 IAWLB's ``Pipe the data (bidirectionally)'' was one |recv| from the client
@@ -1426,8 +1471,8 @@ struct Half {@/
 @ {\it Buffers.} A relay buffer is 256\,KiB, so that one system call moves
 256\,KiB when that much is waiting: on a fast stream the cost per byte is then
 the kernel's copying, not the calls. The first version used 64\,KiB buffers;
-the larger ones made a single download through the balancer about half again
-as fast (chapter {\sl Performance}). The price is memory per {\it busy}
+the larger ones made a single download through the balancer 14 per cent
+faster and four in parallel 24 per cent (chapter {\sl Performance}). The price is memory per {\it busy}
 connection, at most two buffers, which is small beside the megabytes of
 socket buffers the kernel itself keeps for a fast connection.
 
@@ -1807,9 +1852,10 @@ affected; a server that answers after the client's end of stream (as a
 
 When the {\it other} half has already forwarded its end, this end completes
 the connection, and |pump| closes both sockets at once; the |close| sends the
-same FIN, so the |shutdown| is skipped. It is one system call of about
-eighteen per connection, counted with \.{strace -c -f} under
-\.{wrk -H 'Connection: close'}. Nothing is lost by closing instead: both
+same FIN, so the |shutdown| is skipped. That saved one system call per
+connection, 17.6 before and 16.6 after, counted with \.{strace -c -f} under
+\.{wrk -H 'Connection: close'} (chapter {\sl Performance} gives the count of
+today's version). Nothing is lost by closing instead: both
 sources have ended their streams, so no unread byte is left in either
 receive queue, which is the case in which |close| would send a reset.
 
@@ -1853,7 +1899,7 @@ void run_ready()
     List<Connection, ReadyTag>::remove(c);
     round.push_back(c);
   }
-  for (@[Connection *c : round@])
+  for (@[Connection *c@,:@,round@])
     if (c->state == State::relaying) pump(*c);
 }
 
@@ -1923,7 +1969,7 @@ struct Destination {@/
   std::atomic<std::uint64_t> bytes_up = 0, bytes_down = 0;@/
 };
 
-@ The pool's interface. The workers call the five operations below; the
+@ {\it The pool's interface.} The workers call the five operations below; the
 main thread calls |add| before any worker exists; the health checker calls
 |check| and the statistics call |snapshot| (chapter {\sl Operations}).
 
@@ -1946,8 +1992,8 @@ blaming the destination.
 \noindent |connected|, |failed| and |check| return whether the destination's
 state changed, so that the caller can log it {\it after} releasing the lock: a
 log line is a system call, and the style of this program is never to hold a
-lock across one. Destinations are added with |add| before any worker starts; a
-|std::deque| keeps them in place, because a |Destination| holds atomics and
+lock across one. The destinations live in a
+|std::deque|, which keeps them in place as |add| appends, because a |Destination| holds atomics and
 cannot move.
 
 @<Interface types@>=
@@ -2032,7 +2078,7 @@ bool lighter(const Destination &x, const Destination &y)
 const Destination *Pool::least_loaded(Time now) const
 {
   const Destination *best = nullptr;
-  for (@[const Destination &d : dests_@])
+  for (@[const Destination &d@,:@,dests_@])
     if (usable(d, now) && (!best || lighter(d, *best))) best = &d;
   return best;
 }
@@ -2084,7 +2130,7 @@ says so, which the workers cannot foresee either; it counts like a trial.
 Time Pool::next_retry(Time now) const
 {
   Time t = forever;
-  for (@[const Destination &d : dests_@])
+  for (@[const Destination &d@,:@,dests_@])
     t = std::min(t, d.trial || d.check_down ? now + 50 * msec : d.retry_at);
   return t;
 }
@@ -2155,7 +2201,8 @@ Change Pool::failed(int d, Time now, Time *wait)
   return c;
 }
 
-@ The remaining operations only adjust counts. |is_down| and |active| read
+@ The remaining operations only adjust counts, and |abandon| also ends a
+trial that never came to a verdict. |is_down| and |active| read
 the state under the lock for the unit tests; the workers never need them.
 
 @<Functions@>=
@@ -2399,8 +2446,10 @@ how long it took to get a client.
 generator (\.{wrk -c 64}) runs. Count the failed connects per second before
 and after.
 \item{3.} Least connections assumes every connection costs the destination
-the same. Add a weight to each destination (\.{HOST:PORT@@3}) and change |pick|
-so that traffic follows the weights in both algorithms.
+the same. Put a slow destination (a server that answers after 100\,ms) beside
+two fast ones and measure, with \.{wrk}, how the clients spread. Then give
+it weight~1 and the others weight~3 (chapter {\sl Operations}); which of the
+two remedies adapts by itself when the slow server recovers?
 \item{4.} The pool's mutex is taken three times per connection. At what rate
 of new connections per second would it become the bottleneck on a machine
 with 64 workers? How could |pick| avoid it?
@@ -2424,6 +2473,11 @@ workers tell it that they freed a place or finished, and the listening socket,
 which it watches only while it is willing to accept. When clients are
 pending it accepts all of them, until |accept4| says |EAGAIN|, and hands them
 over in one batch per worker.
+
+The chapter first gathers what the threads share (|Shared|) and the
+connection limit that the acceptor enforces, then gives the loop itself,
+the batches, the failures of |accept4|, and the choice of a worker for each
+socket. The acceptor's other duty, the graceful end, is the next chapter.
 
 @ The thread code is two classes: the |Worker| of the previous chapters and
 the |Balancer|, whose |serve| is the acceptor's loop.
@@ -2520,10 +2574,12 @@ Time grace_end = forever; /* when draining must give way to aborting */
 bool accept_failing = false;
 @<Balancer start-up@>@;
 
-@ {\it The receiving loop} keeps IAWLB's name and its |FOREVER|. One turn:
+@ {\it The receiving loop} keeps the name of IAWLB's section ``Receiving
+loop'' and its |FOREVER|. One turn:
 decide whether to accept, sleep in |poll|, then act on what woke it: signals,
 a worker's news, pending clients. Then follow the graceful end, if one has
 begun; that is where the loop returns.
+@^IAWLB, departures from@>
 
 @<Members of |Balancer|@>=
 int serve()
@@ -2609,7 +2665,7 @@ void accept_clients()
   @<Hand each batch to its worker@>@;
 }
 
-@ The failures of |accept4| fall in three groups.
+@ The failures of |accept4| fall in four groups.
 
 \smallskip
 \item{$\bullet$} {\it Nothing more is pending}: |EAGAIN|. The batch is
@@ -2625,7 +2681,7 @@ client stays in the backlog and |poll| would report it again at once, so the
 acceptor stops watching the listener for 100\,ms, and tries again; connections
 that end meanwhile free descriptors. The warning is logged once for each such
 episode.
-\item{$\bullet$} Anything else (|EBADF|, |EINVAL|, |ENOTSOCK|) means the
+\item{$\bullet$} {\it A bug}: anything else (|EBADF|, |EINVAL|, |ENOTSOCK|) means the
 listening socket is not what we think: a bug. It throws.
 \smallskip
 @.accept4: ...; pausing new clients@>
@@ -2695,7 +2751,7 @@ through it. Watch it with \.{top}. Then remove the pause on |EMFILE| and
 watch again. What does the integration test ``EMFILE'' measure?
 \item{2.} Replace the batch by one |enqueue| per socket and count, with
 \.{strace -c -f}, the |write| calls on |eventfd|s during a run of \.{wrk -c
-64 -H 'Connection: close'}. Why are there far fewer than one per connection
+64 -H 'Connection: close'} \.{http://127.0.0.1:8080/}. Why are there far fewer than one per connection
 even without batching?
 \item{3.} Linux can spread connections over several listening sockets bound
 to the same port (|SO_REUSEPORT|). Sketch a design where each worker accepts
@@ -2722,6 +2778,10 @@ acceptor's |poll| watches that descriptor, so a signal becomes an ordinary
 event of the server loop and there is no handler at all.
 @^Linux dependencies@>
 
+The chapter blocks the signals and opens that descriptor, then lists the
+steps of the graceful end, thread by thread, and gives the code of each:
+the acceptor's drain and its deadline, the workers' drain, and the joins.
+
 @ The signals must be blocked in {\it every} thread, or the kernel would
 deliver them to a thread that does not read the descriptor, and their default
 action would kill the process. A thread inherits its creator's mask, so
@@ -2742,11 +2802,12 @@ sigset_t set;
 sigemptyset(&set);
 sigaddset(&set, SIGINT);
 sigaddset(&set, SIGTERM);
-if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) throw std::runtime_error("pthread_sigmask");
+if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) {
+  throw std::runtime_error("pthread_sigmask");
+}
 signals.reset(signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
 shared.wake.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
 if (!signals || !shared.wake) throw sys_error("signalfd or eventfd");
-set_log_level(shared.cfg.verbose ? Level::debug : Level::info);
 
 @ {\it The graceful end} is a sequence of steps, each done by one thread:
 
@@ -2786,9 +2847,9 @@ void begin_drain(const char *why)
 {
   accept_clients();
   listener.reset();
-  for (@[auto &w : workers@]) w->inbox.close();
+  for (@[auto &w@,:@,workers@]) w->inbox.close();
   shared.phase = Phase::draining;
-  for (@[auto &w : workers@]) w->notify();
+  for (@[auto &w@,:@,workers@]) w->notify();
   grace_end = now + shared.cfg.grace;
   Log(Level::info, "%s: no longer accepting; %zu connections open, %s to finish", why,
     shared.active.load(), format_duration(shared.cfg.grace).c_str());
@@ -2802,7 +2863,7 @@ void abort_connections(const char *why)
 {
   if (shared.phase == Phase::aborting) return;
   shared.phase = Phase::aborting;
-  for (@[auto &w : workers@]) w->notify();
+  for (@[auto &w@,:@,workers@]) w->notify();
   grace_end = forever;
   Log(Level::info, "%s: closing the %zu connections still open", why, shared.active.load());
 @.closing ... still open@>
@@ -2828,13 +2889,12 @@ int finish_up()
 {
   if (checker) checker->stop();
   if (stats) stats->stop();
-  for (@[auto &w : workers@]) w->runner.join();
+  for (@[auto &w@,:@,workers@]) w->runner.join();
   for (std::size_t i = 0; i < shared.pool.size(); ++i) {
     const Destination &d = shared.pool[i];
     Log(Level::info, "destination %s: %llu connections, %llu failed connects, "@|
       "%llu bytes up, %llu bytes down", d.name.c_str(),
-      (unsigned long long) d.connections, (unsigned long long) d.failed,
-      (unsigned long long) d.bytes_up, (unsigned long long) d.bytes_down);
+      ull(d.connections), ull(d.failed), ull(d.bytes_up), ull(d.bytes_down));
   }
   Log(Level::info, "stopped");
   return shared.failed ? 1 : 0;
@@ -2867,9 +2927,10 @@ before a client meets its failure, statistics that Prometheus can read, the
 PROXY protocol that tells a destination who the client is, a listening socket
 that a new balancer can share while the old one drains, and the files that
 install the program.
+@^IAWLB, departures from@>
 
 Two of these run in threads of their own, started after the workers and
-stopped after them: the {\it checker} probes the destinations, and the {\it
+stopped before the workers are joined: the {\it checker} probes the destinations, and the {\it
 statistics server} answers HTTP requests. Neither touches a connection, a
 worker or an inbox. They read and write the pool through its operations,
 under its lock, and read the shared counters, which are atomics; so the
@@ -2896,7 +2957,7 @@ Endpoint parse_dest(std::string_view arg)
   try {
     e.weight = unsigned(parse_count(arg.substr(at + 1), 1, 256));
   }
-  catch (const std::invalid_argument &) {
+  catch (const std::invalid_argument &)@+{
     throw UsageError("bad destination '" + std::string(arg)@|
       + "': the weight after '@@' must be a number from 1 to 256");
   }
@@ -2993,11 +3054,12 @@ destinations are down.
 @<Operations threads@>=
 class Checker {@/
 public:@/
-  explicit Checker(Shared &s) : shared(s)
+  explicit Checker(Shared &s)@/
+    @[: shared(s)@]@/
   {
     stop_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
     if (!stop_) throw sys_error("eventfd for the checker");
-    runner = std::thread([this] {@+ run();@+ });
+    runner = std::thread(&Checker::run, this);
   }
   ~Checker()@+{@+ stop();@+}
   void stop()
@@ -3073,8 +3135,9 @@ is not under way gets the descriptor $-1$, which |poll| skips.
 @ The wait ends when no probe is under way, when the time is up, or when the
 stop descriptor becomes readable. A socket that reports anything (writable,
 error, hang-up) has its outcome in |SO_ERROR|: zero if the connect worked.
-|EINTR| cannot happen, since every signal is blocked in every thread, but
-would only mean another turn; any other failure of |poll| ends the round,
+|EINTR| is rare, since the signals the balancer handles are blocked in
+every thread (a debugger or |SIGSTOP| can still cause it), and means only
+another turn; any other failure of |poll| ends the round,
 whose unfinished probes then count as timed out.
 
 @<Wait for the probes' outcomes...@>=
@@ -3191,9 +3254,9 @@ std::string proxy_v1(const SockAddr &from, const SockAddr &to)
 }
 
 @ Version 2 starts with a twelve-byte signature that no text protocol can
-begin with, then one byte for the version and command (|0x21|: version~2,
-\.{PROXY}), one for the family and transport (|0x11|: TCP over IPv4,
-|0x21|: TCP over IPv6), and the length of what follows, big-endian: the two
+begin with, then one byte for the version and command (\.{0x21}: version~2,
+\.{PROXY}), one for the family and transport (\.{0x11}: TCP over IPv4,
+\.{0x21}: TCP over IPv6), and the length of what follows, big-endian: the two
 addresses and the two ports, in network order, 12 bytes for IPv4 and 36 for
 IPv6. The unknown case is family |0x00| with nothing after the length.
 
@@ -3312,11 +3375,12 @@ constexpr std::size_t stats_request_max = 4096;
 constexpr Time stats_timeout = 5 * sec;
 class StatsServer {@/
 public:@/
-  StatsServer(Shared &s, unique_fd listener) : shared(s), listener_(std::move(listener))
+  StatsServer(Shared &s, unique_fd listener)@/
+    @[: shared(s), listener_(std::move(listener))@]@/
   {
     stop_.reset(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
     if (!stop_) throw sys_error("eventfd for the statistics");
-    runner = std::thread([this] {@+ run();@+ });
+    runner = std::thread(&StatsServer::run, this);
   }
   ~StatsServer()@+{@+ stop();@+}
   void stop()
@@ -3326,8 +3390,12 @@ public:@/
     runner.join();
   }
 private:@/
-  struct Client {@+ unique_fd fd;@+ std::string in, out;@+ std::size_t sent = 0;@+
-    Time deadline = 0;@+ };
+  struct Client {@/
+    unique_fd fd;@/
+    std::string in, out; /* the request so far, the response */
+    std::size_t sent = 0; /* bytes of |out| sent */
+    Time deadline = 0;@/
+  };
   static bool done(const Client &c)@+{@+ return !c.fd;@+}
   @<Members of |StatsServer|@>@;
   Shared &shared;@/
@@ -3373,7 +3441,7 @@ fds.clear();
 fds.push_back(@[pollfd{stop_.get(), POLLIN, 0}@]);
 fds.push_back(@[pollfd{clients_.size() < stats_clients ? listener_.get() : -1, POLLIN, 0}@]);
 Time first = forever;
-for (@[const Client &c : clients_@]) {
+for (@[const Client &c@,:@,clients_@]) {
   bool reading = c.out.empty() || c.sent == c.out.size();
   fds.push_back(@[pollfd{c.fd.get(), short(reading ? POLLIN : POLLOUT), 0}@]);
   first = std::min(first, c.deadline);
@@ -3444,7 +3512,7 @@ if (!c.out.empty()) return;
 if (n > 0) c.in.append(buf, std::size_t(n));
 
 @ The request line is \.{METHOD TARGET HTTP/1.x}. The query string, if any,
-is ignored. The status line, the length and |Connection: close| are all
+is ignored. The status line, the length and \.{Connection: close} are all
 a client needs to read the answer and know that it is complete.
 
 @<Members of |StatsServer|@>=
@@ -3498,7 +3566,7 @@ std::string metrics()
 @ Each family is described once, in a table: its name, its type and its help
 text, and for a destination's families which value it shows. |family|
 appends the two comment lines of one family, |sample| one value. Values are
-written with |%.15g|, which prints integers below $10^{15}$ as integers and
+written with \.{\%.15g}, which prints integers below $10^{15}$ as integers and
 seconds to the microsecond.
 
 @<Functions@>=
@@ -3506,7 +3574,8 @@ enum class Of {@+ up, weight, active, connections, failed, sent, received, chang
 struct Metric {@+ Of what;@+ const char *name, *type, *help;@+};
 void family(std::string &m, const Metric &f)
 {
-  m += std::string("# HELP ") + f.name + " " + f.help + "\n# TYPE " + f.name + " " + f.type + "\n";
+  m += std::string("# HELP ") + f.name + " " + f.help + "\n";
+  m += std::string("# TYPE ") + f.name + " " + f.type + "\n";
 }
 void sample(std::string &m, const char *name, const std::string &label, double v)
 {
@@ -3522,20 +3591,21 @@ command-line order.
 
 @<Functions@>=
 const Metric dest_metrics[] = {@/
-  {Of::up, "iawlb_destination_up", "gauge", "1 if the destination is in service, 0 if down."},
-  {Of::weight, "iawlb_destination_weight", "gauge", "Share of new clients (1 to 256)."},
-  {Of::active, "iawlb_destination_active_connections", "gauge", "Connections now."},
-  {Of::connections, "iawlb_destination_connections_total", "counter", "Successful connects."},
-  {Of::failed, "iawlb_destination_failed_connects_total", "counter", "Failed connects."},
-  {Of::sent, "iawlb_destination_sent_bytes_total", "counter", "Bytes sent to the destination."},
+  {Of::up, "iawlb_destination_up", "gauge",@|
+    "1 if the destination is in service, 0 if down."},@/
+  {Of::weight, "iawlb_destination_weight", "gauge", "Share of new clients (1 to 256)."},@/
+  {Of::active, "iawlb_destination_active_connections", "gauge", "Connections now."},@/
+  {Of::connections, "iawlb_destination_connections_total", "counter", "Successful connects."},@/
+  {Of::failed, "iawlb_destination_failed_connects_total", "counter", "Failed connects."},@/
+  {Of::sent, "iawlb_destination_sent_bytes_total", "counter", "Bytes sent to the destination."},@/
   {Of::received, "iawlb_destination_received_bytes_total", "counter",
-    "Bytes received from the destination."},
+    "Bytes received from the destination."},@/
   {Of::change, "iawlb_destination_last_change_seconds", "gauge",
     "Seconds since the destination last went down or came up, or since the start."}@/
 };
 
 @ @<Append the metrics of each destination...@>=
-for (@[const Metric &f : dest_metrics@]) {
+for (@[const Metric &f@,:@,dest_metrics@]) {
   family(m, f);
   for (std::size_t i = 0; i < n; ++i)
     sample(m, f.name, shared.pool[i].name, dest_value(f.what, shared.pool[i], st[i], now));
@@ -3556,30 +3626,32 @@ static double dest_value(Of what, const Destination &d, const DestState &s, Time
   case Of::failed: return double(d.failed.load());
   case Of::sent: return double(d.bytes_up.load(std::memory_order_relaxed));
   case Of::received: return double(d.bytes_down.load(std::memory_order_relaxed));
-  case Of::change: return (now - s.changed_at) / 1e6;
+  case Of::change: return (now - s.changed_at) / double(sec);
   }
   return 0;
 }
 
 @ And five families for the balancer as a whole, in a table of their own
-whose order is the order of the values below. A client is {\it refused} when
+whose order is the order of the values below. Their values are not chosen
+by |what|, which these entries fill with |Of::up| only because the field
+must hold something. A client is {\it refused} when
 it is closed without ever reaching a destination: the queue was full, or its
 queue timeout passed.
 
 @<Functions@>=
 const Metric balancer_metrics[] = {@/
-  {Of::up, "iawlb_accepted_connections_total", "counter", "Clients accepted."},
-  {Of::up, "iawlb_queued_connections", "gauge", "Clients waiting for a destination now."},
-  {Of::up, "iawlb_active_connections", "gauge", "Clients accepted and not yet closed."},
+  {Of::up, "iawlb_accepted_connections_total", "counter", "Clients accepted."},@/
+  {Of::up, "iawlb_queued_connections", "gauge", "Clients waiting for a destination now."},@/
+  {Of::up, "iawlb_active_connections", "gauge", "Clients accepted and not yet closed."},@/
   {Of::up, "iawlb_refused_connections_total", "counter",
-    "Clients closed without reaching a destination (queue full or queue timeout)."},
+    "Clients closed without reaching a destination (queue full or queue timeout)."},@/
   {Of::up, "iawlb_uptime_seconds", "gauge", "Seconds since the balancer started."}@/
 };
 
 @ @<Append the balancer's own metrics...@>=
 const double value[] = {double(shared.accepted.load()), double(shared.queued.load()),@|
-  double(shared.active.load()), double(shared.refused.load()),
-  (now - shared.started) / 1e6};
+  double(shared.active.load()), double(shared.refused.load()),@|
+  (now - shared.started) / double(sec)};
 for (std::size_t k = 0; k < std::size(value); ++k) {
   family(m, balancer_metrics[k]);
   sample(m, balancer_metrics[k].name, "", value[k]);
@@ -3851,6 +3923,13 @@ old relay) became |buffer_size|, |ANS_TIMEOUT| (31 seconds to answer) became
 the idle timeout, and |MAX_NUM_OF_DEST_PORT| (32) is gone. |FOREVER| stays,
 as does its author's reason: ``I don't like how CWEB formats this
 expression''.
+@^IAWLB, departures from@>
+
+This chapter holds what the others use: the include files, time in
+microseconds, the descriptor owner |unique_fd|, socket addresses, the
+parsers of addresses, durations and counts, the command line |parse_args|,
+the number of CPUs and the |eventfd| helpers. Each is small and pure
+enough to be tested alone, and the unit tests and the fuzzers do.
 
 @d FOREVER for (;;)
 
@@ -3955,8 +4034,8 @@ class unique_fd {@/
 public:@/
   unique_fd() = default;@/
   explicit unique_fd(int fd) noexcept@+{@+ fd_ = fd;@+}
-  unique_fd(unique_fd &&o) noexcept@+{@+ fd_ = o.release();@+}
-  unique_fd &operator=(unique_fd &&o) noexcept
+  unique_fd(unique_fd @=&&@>o) noexcept@+{@+ fd_ = o.release();@+}
+  unique_fd &operator=(unique_fd @=&&@>o) noexcept
   {
     reset(o.release());
     return *this;
@@ -4106,7 +4185,8 @@ HostPort split_host_port(std::string_view arg)
     return hp;
   }
   if (arg.find(':') != colon)
-    throw std::invalid_argument("an IPv6 address must be in brackets, as in [::1]:PORT");
+    throw std::invalid_argument("an IPv6 address must be in brackets, "@|
+      "as in [::1]:PORT");
   hp.host = arg.substr(0, colon);
   hp.port = arg.substr(colon + 1);
   return hp;
@@ -4142,7 +4222,7 @@ left alone: they are the UTF-8 of a host name or a path, not control codes.
 std::string printable(std::string_view s)
 {
   std::string out;
-  for (@[char ch : s@]) {
+  for (@[char ch@,:@,s@]) {
     unsigned char u = static_cast<unsigned char>(ch);
     if (u >= 0x20 && u != 0x7f) out += ch;
     else if (ch == '\n') out += "\\n";
@@ -4186,7 +4266,7 @@ Endpoint parse_endpoint(std::string_view arg, const char *what)
     e.port = parse_port(get_port(arg));
     return e;
   }
-  catch (const std::invalid_argument &x) {
+  catch (const std::invalid_argument &x)@+{
     throw UsageError(std::string("bad ") + what + " '" + std::string(arg) + "': " + x.what());
   }
 }
@@ -4197,7 +4277,8 @@ names. A destination without a host is \.{127.0.0.1}, IAWLB's
 ``localhost'' written as the address it meant; writing the name would let
 the resolver answer \.{::1} first, and a server listening on IPv4 only would
 then refuse every connect. When a name has several addresses the first is
-used, as IAWLB's author suspected would do.
+used, as IAWLB's author suspected it would be.
+@^IAWLB, departures from@>
 
 The list |getaddrinfo| returns must be freed with |freeaddrinfo|. IAWLB
 freed its lists (|sinfo| in |main|, |servinfo| in the worker, which then
@@ -4287,7 +4368,7 @@ unsigned long count_option(std::string_view name, std::string_view value,@/
   try {
     return parse_count(value, lo, hi);
   }
-  catch (const std::invalid_argument &) {
+  catch (const std::invalid_argument &)@+{
     throw UsageError("option " + std::string(name) + ": '" + std::string(value)@|
       + "' is not a number from " + std::to_string(lo) + " to " + std::to_string(hi));
   }
@@ -4298,7 +4379,7 @@ Time duration_option(std::string_view name, std::string_view value, bool zero_ok
   try {
     t = parse_duration(value);
   }
-  catch (const std::invalid_argument &) {
+  catch (const std::invalid_argument &)@+{
     throw UsageError("option " + std::string(name) + ": '" + std::string(value)@|
       + "' is not a duration such as 250ms, 3s, 2m or 1h");
   }
@@ -4359,8 +4440,11 @@ else if (arg[1] == '-' && arg.find('=') != std::string_view::npos) {
   glued = true;
 }
 
-@ Help and version end the parse at once: \.{iawlb --help} works even after
-a bad argument, which is when people need it.
+@ Help and version end the parse at once. The places (|LISTEN| and the
+destinations) are checked only after every option has been read, so
+\.{iawlb 0 --help} prints the help even though port~0 is refused, which is
+when people need it; a malformed {\it option} before \.{--help} is still
+reported first, since options are read in order.
 
 @<Handle a flag option...@>=
 if (is(name, "-h", "--help") || is(name, "-V", "--version") || is(name, "-v", "--verbose")@|
@@ -4565,8 +4649,9 @@ formatting a line holds nothing that another thread could wait for.
 
 The levels are |error| (the program cannot go on as asked), |warn| (it goes
 on, something is wrong: a destination is down, descriptors ran out), |info|
-(start, stop, a destination back), and |debug| (with \.{-v}: a line per
-connection and every failed trial).
+(start, stop, a destination back), and |debug| (shown with \.{-v}: every
+failed trial and failed health check). With \.{-v} each finished connection
+also leaves a line, at level |info|.
 
 @<Interface types@>=
 enum class Level {@+ error, warn, info, debug@+};
@@ -4575,10 +4660,17 @@ enum class Level {@+ error, warn, info, debug@+};
 for |printf|, thanks to the |format| attribute.
 
 @<Interface functions@>=
-#define IAWLB_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define IAWLB_PRINTF(a, b)@t\ @>__attribute__((format(printf, a, b)))
 void Log(Level level, const char *fmt, ...)@t\ @>IAWLB_PRINTF(2, 3);
 void set_log_level(Level level);
 void set_thread_name(const char *name);
+
+@ A format's \.{\%llu} wants an |unsigned long long|, and the counters are
+|std::uint64_t|, which is an |unsigned long| here; |ull| converts one
+without a cast in every call.
+
+@<Functions@>=
+unsigned long long ull(std::uint64_t v)@+{@+ return v;@+}
 
 @ The level is read by every call and written once at start-up, so a relaxed
 atomic suffices: no other data is published through it. The thread's name is
@@ -4664,7 +4756,8 @@ void Log(Level level, const char *fmt, ...)
 \smallskip
 \item{1.} Split the |write| in |Log| into two, one for the prefix and one for
 the message, and run the balancer with \.{-v} and four workers under
-\.{wrk -c 64 -H 'Connection: close'}. Look for broken lines in the log. Why
+\.{wrk -c 64 -H 'Connection: close'} \.{http://127.0.0.1:8080/}. Look for broken
+lines in the log. Why
 did one |write| per line prevent them?
 \item{2.} Put IAWLB's global mutex back around the |write| and measure the
 connection rate with and without \.{-v}. How much of the difference is the
@@ -4722,5 +4815,56 @@ never).'' Never: |FOREVER| is still a macro.
 not meant to be run; chapter {\sl Operations} adds that. Nor did it measure
 anything; chapter {\sl Performance} compares this program with HAProxy,
 nginx and pen on one machine, and says where the time goes.
+
+@ {\it Keeping the wishes granted.} IAWLB had no tests; its author tried it
+by hand, which is how a program comes to almost work. This one is checked by
+\.{make check-all} (|@<Write the usage text@>| lists the program's options;
+section~2 the commands), in layers that each catch what the others miss:
+
+\smallskip
+\item{$\bullet$} unit tests of the pure parts: the \&{SyncedList}, the parsers,
+the pool's rules, the PROXY headers (\.{tests/test\_unit.cpp});
+\item{$\bullet$} integration suites that start the real binary in front of
+real servers on the loopback interface: the relay, balancing and the
+graceful end (\.{test\_integration.cpp}), the features of chapter
+{\sl Operations} (\.{test\_ops.cpp}), and peers that misbehave on purpose
+(\.{test\_hostile.cpp});
+\item{$\bullet$} the same suites again with the balancer built under
+AddressSanitizer with UndefinedBehaviorSanitizer, and under
+ThreadSanitizer, which report a bad memory access or a data race even when
+the test itself passes;
+\item{$\bullet$} the fuzzers of the address parser and of |parse_args|
+(\.{make fuzz}), which check properties, not only crashes, and found the
+multi-line messages of |printable|'s section;
+\item{$\bullet$} a soak (\.{make soak}), a seeded random mix of clients for
+ten minutes while destinations are killed and restarted, which checks every
+byte, every error, and the balancer's descriptors, threads and memory.
+\smallskip
+
+@ Exercises.
+
+\smallskip
+\item{1.} Take one wish of the list above and undo its fix on purpose: make
+|wakeup| broadcast again, or drop the queue timeout, or let |pop| ignore
+|close|. Which tests of \.{make check-all} fail? If none does, write the
+one that would.
+\item{2.} Run \.{make soak SOAK\_SECONDS=120} twice with the same
+\.{SOAK\_SEED}. Which figures of the two reports agree, and which depend on
+the machine's timing rather than on the seed?
+\item{3.} The fuzzers look for inputs that break a stated property. State
+one more for |parse_args|, for instance that a command line it accepts is
+still accepted with its options in another order, add it to
+\.{tests/fuzz/fuzz\_args.cpp}, and let \.{make fuzz} search. Is the property
+true?
+\item{4.} Wish~8 was IPv6. Start the balancer on an IPv4 address in front of
+a destination on \.{[::1]} with \.{--send-proxy}, and predict which address
+family the header names. Check it with \.{nc -l ::1 PORT}.
+\smallskip
+
+\noindent Further reading: D.~E. Knuth, ``Literate Programming'' (1984), and
+D.~E. Knuth and S.~Levy, {\sl The CWEB System of Structured Documentation};
+the documentation of LLVM's libFuzzer and of the AddressSanitizer and
+ThreadSanitizer; K.~Serebryany and T.~Iskhodzhanov, ``ThreadSanitizer: data
+race detection in practice'' (2009).
 
 @* Index.
