@@ -4,7 +4,8 @@
 // small exchanges through the balancer (echo, fetch, tally).
 //
 // Include it once per test binary, after <catch2/catch.hpp> with
-// CATCH_CONFIG_EXTERNAL_INTERFACES defined: it registers the listener.
+// CATCH_CONFIG_EXTERNAL_INTERFACES defined: it registers the listener. The
+// functions are inline so that a suite may leave some of them unused.
 #pragma once
 
 #include "harness.hpp"
@@ -31,7 +32,7 @@ constexpr double kBulk = 180.0;  // one big transfer (which also fails after kIo
 const std::string kLo = "127.0.0.1";
 constexpr size_t MiB = 1024 * 1024;
 
-std::string iawlb_path() {
+inline std::string iawlb_path() {
     const char* e = std::getenv("IAWLB");
     return e && *e ? e : "./iawlb";
 }
@@ -59,7 +60,7 @@ private:
 
 // Starts the balancer with `args` (optionally behind a wrapper such as prlimit) and
 // waits until it has logged "listening on".
-Balancer start_balancer(const std::vector<std::string>& args, const std::vector<std::string>& prefix = {}) {
+inline Balancer start_balancer(const std::vector<std::string>& args, const std::vector<std::string>& prefix = {}) {
     const std::string bin = iawlb_path();
     INFO("balancer binary: " << bin << " (set IAWLB to use another one)");
     REQUIRE(::access(bin.c_str(), X_OK) == 0);
@@ -77,13 +78,13 @@ Balancer start_balancer(const std::vector<std::string>& args, const std::vector<
 
 std::string listen_arg(uint16_t port, const std::string& host = kLo) { return host_port(host, port); }
 
-std::string lower(std::string s) {
+inline std::string lower(std::string s) {
     for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     return s;
 }
 
 // One echo round trip on an open connection: "" if fine, else what went wrong.
-std::string echo_on(int fd, const std::string& msg, double timeout = kIo) {
+inline std::string echo_on(int fd, const std::string& msg, double timeout = kIo) {
     Io st = send_all(fd, msg, timeout);
     if (st != Io::Ok) return std::string("send: ") + io_name(st);
     std::string got;
@@ -94,7 +95,7 @@ std::string echo_on(int fd, const std::string& msg, double timeout = kIo) {
 }
 
 // Connect, one echo round trip, half-close, then EOF from the other side.
-std::string echo_check(const std::string& host, uint16_t port, const std::string& msg, double timeout = kIo) {
+inline std::string echo_check(const std::string& host, uint16_t port, const std::string& msg, double timeout = kIo) {
     int e = 0;
     Fd c = connect_to(host, port, timeout, &e);
     if (!c) return std::string("connect: ") + std::strerror(e);
@@ -108,7 +109,7 @@ std::string echo_check(const std::string& host, uint16_t port, const std::string
 
 // Connects and reads everything up to EOF (the answer of a Name backend). Errors come
 // back as "<...>".
-std::string fetch(const std::string& host, uint16_t port, double timeout = kIo) {
+inline std::string fetch(const std::string& host, uint16_t port, double timeout = kIo) {
     int e = 0;
     Fd c = connect_to(host, port, timeout, &e);
     if (!c) return std::string("<connect: ") + std::strerror(e) + ">";
@@ -119,7 +120,7 @@ std::string fetch(const std::string& host, uint16_t port, double timeout = kIo) 
 }
 
 // `n` sequential fetches, tallied by answer; stops after 3 errors (each may take kIo).
-std::map<std::string, int> fetch_many(uint16_t port, int n) {
+inline std::map<std::string, int> fetch_many(uint16_t port, int n) {
     std::map<std::string, int> counts;
     for (int i = 0, errors = 0; i < n && errors < 3; ++i) {
         std::string s = fetch(kLo, port);
@@ -129,7 +130,7 @@ std::map<std::string, int> fetch_many(uint16_t port, int n) {
     return counts;
 }
 
-std::string show(const std::map<std::string, int>& m) {
+inline std::string show(const std::map<std::string, int>& m) {
     std::string s;
     for (auto& [k, v] : m) {
         std::string key = k;
@@ -141,7 +142,7 @@ std::string show(const std::map<std::string, int>& m) {
 
 // Connection attempts until one is refused (the balancer closed its listening socket).
 // Returns the seconds it took, or -1 if it never happened within `timeout`.
-double wait_refused(const std::string& host, uint16_t port, double timeout) {
+inline double wait_refused(const std::string& host, uint16_t port, double timeout) {
     double t0 = now();
     Deadline d(timeout);
     while (!d.expired()) {
@@ -155,7 +156,7 @@ double wait_refused(const std::string& host, uint16_t port, double timeout) {
 }
 
 // A port free on both 127.0.0.1 and ::1.
-uint16_t free_port_both() {
+inline uint16_t free_port_both() {
     for (int i = 0; i < 50; ++i) {
         uint16_t p = free_port("::1");
         SockAddr a;
@@ -166,7 +167,7 @@ uint16_t free_port_both() {
     return 0;
 }
 
-std::string resp(const std::vector<std::string>& words) {
+inline std::string resp(const std::vector<std::string>& words) {
     std::string s = "*" + std::to_string(words.size()) + "\r\n";
     for (auto& w : words) s += "$" + std::to_string(w.size()) + "\r\n" + w + "\r\n";
     return s;
