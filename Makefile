@@ -13,6 +13,9 @@
 #   make uninstall  remove exactly the files that make install copied
 #   make check-man  render doc/iawlb.1 with groff; fail on any warning
 #   make fuzz       libFuzzer on the address and argument parsers, FUZZ_SECONDS (60) each
+#   make soak       SOAK_SECONDS (600) of seeded random load, backends killed and
+#                   restarted, every byte checked; SOAK_SEED (1) picks the mix
+#   make soak-asan, make soak-tsan  the same under the sanitizers
 #   make deps       install the Debian packages that all of this needs (as root)
 #   make clean      remove every generated file
 #
@@ -102,8 +105,10 @@ check-tsan:
 	$(MAKE) BUILD=build-tsan CXX=clang++ OPT="-O1 -g" SAN=thread SUITE=tsan check
 
 # Every suite runs even if an earlier one failed; the last line sums them all.
-# The book, the man page and the fuzzers count as one test each.
+# The book, the man page, the fuzzers and each soak count as one test each.
 CHECK_FUZZ_SECONDS ?= 20
+CHECK_SOAK_SECONDS ?= 60
+comma := ,
 one = if $(MAKE) $(2); then r='1\t0'; else r='0\t1'; fi; printf "$(1)\t$$r\n" >> build/results-more
 
 check-all:
@@ -114,6 +119,9 @@ check-all:
 	-$(MAKE) check-asan
 	-$(MAKE) check-tsan
 	@$(call one,fuzz ($(CHECK_FUZZ_SECONDS) s per target),fuzz FUZZ_SECONDS=$(CHECK_FUZZ_SECONDS))
+	@$(call one,soak ($(CHECK_SOAK_SECONDS) s),soak SOAK_SECONDS=$(CHECK_SOAK_SECONDS))
+	@$(call one,soak (asan$(comma) $(CHECK_SOAK_SECONDS) s),soak-asan SOAK_SECONDS=$(CHECK_SOAK_SECONDS))
+	@$(call one,soak (tsan$(comma) $(CHECK_SOAK_SECONDS) s),soak-tsan SOAK_SECONDS=$(CHECK_SOAK_SECONDS))
 	@tests/run-suite --total build/results-more build/results build-asan/results build-tsan/results
 
 # ---------------------------------------------------------------- the book
@@ -256,6 +264,33 @@ endif
 clean: fuzz-clean
 fuzz-clean:
 	rm -rf $(FUZZ_DIR)
+
+# ---------------------------------------------------------------- soak
+# tests/soak.cpp runs the balancer for SOAK_SECONDS (CI: 60) in front of
+# backends that are killed and restarted at random moments, under a mix of
+# sessions drawn from SOAK_SEED: short and long connections, uploads and
+# downloads up to 32 MiB, echoes, half-closes both ways, client resets,
+# clients that stop reading, servers that speak first. Every byte is checked.
+# It ends with a report and "soak: PASS" or "soak: FAIL (why)": no corrupted
+# or lost byte, no error while a healthy destination existed, and no growth
+# of the balancer's descriptors, threads or RSS. It is built with CXXFLAGS,
+# so soak-asan and soak-tsan run it in the sanitizer builds.
+SOAK_SECONDS ?= 600
+SOAK_SEED    ?= 1
+.PHONY: soak soak-asan soak-tsan
+
+$(BUILD)/soak: tests/soak.cpp tests/harness.hpp
+	@mkdir -p $(BUILD)
+	$(CXX) $(CXXFLAGS) tests/soak.cpp -o $@ $(LDFLAGS)
+
+soak: $(BUILD)/iawlb $(BUILD)/soak
+	$(BUILD)/soak --seconds $(SOAK_SECONDS) --seed $(SOAK_SEED) --iawlb $(BUILD)/iawlb
+
+soak-asan:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g" SAN=address,undefined soak
+
+soak-tsan:
+	$(MAKE) BUILD=build-tsan CXX=clang++ OPT="-O1 -g" SAN=thread soak
 
 # ---------------------------------------------------------------- the rest
 demo: all
