@@ -980,6 +980,7 @@ struct Connection : Link<TimerTag>, Link<ReadyTag> {@/
   Time key = 0; /* the time its deadline counts from */
   Time accepted = 0, connected = 0;@/
   SockAddr from; /* the client's address */
+  bool waited = false; /* admitted to the queue once (|--queue-max|) */
 };
 
 @ What the acceptor puts in an inbox: the socket and the client's address,
@@ -2253,7 +2254,10 @@ void wait_for_destination(Connection &c)
   List<Connection, TimerTag>::remove_if_linked(&c);
   c.dest = -1;
   set_state(c, State::queued);
-  @<Close |c| and |return| if too many clients wait@>@;
+  if (!c.waited) {
+    @<Close |c| and |return| if too many clients wait@>@;
+    c.waited = true;
+  }
   c.key = c.accepted;
   queued.insert_sorted(&c);
 }
@@ -2989,6 +2993,15 @@ it the truth sooner, and counted as refused in the statistics. The default,
 0, leaves only the connection limit. The count includes the client itself,
 which |set_state| has just added.
 @.queue-full@>
+
+The limit is applied once, when a client first enters the queue. A client
+that comes back after a failed trial connect was admitted already; while it
+was connecting, |set_state| did not count it, and a newcomer may have taken
+its place. The first version tested every return, and then closed the
+client that had waited longest while the newcomer stayed: the integration
+test of the queue limit found it, with a destination whose connects time
+out. So the queue may pass the limit by the admitted clients that are
+connecting at the moment, which is what their connects will decide.
 
 @<Close |c| and |return| if too many clients wait@>=
 if (shared.cfg.queue_max && shared.queued > shared.cfg.queue_max) {

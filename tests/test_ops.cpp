@@ -1,0 +1,1458 @@
+// Integration tests of the chapter "Operations": weights, health checks, the queue
+// limit, the statistics server, the PROXY protocol, restarts with --reuseport and the
+// command-line checks of the new options. Each test starts the real binary (IAWLB,
+// default ./iawlb) in front of backends run by threads of this process (harness.hpp)
+// or plain listening sockets that the test accepts on itself.
+//
+// Build:  make BUILD=build build/test_ops
+// Run from the repository root:  IAWLB=build/iawlb build/test_ops
+// IAWLB_SHOW_PROXY=1 also prints the PROXY headers the destination received.
+//
+// Every loop is bounded in count and time; timeouts are generous so that the
+// sanitizer builds pass on a busy machine. Catch2 assertions stay on the main thread.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
+#include <catch2/catch.hpp>
+
+#include "balancer.hpp"
+
+#include <cmath>
+#include <mutex>
+#include <set>
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// Small helpers of this suite
+// ---------------------------------------------------------------------------
+
+size_t count_of(const std::string& hay, const std::string& needle) {
+    size_t n = 0;
+    for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1)) ++n;
+    return n;
+}
+
+// Connects and reads up to EOF (a Name backend's answer), keeping the connection open.
+struct Held {
+    Fd fd;
+    std::string answer;
+};
+Held open_and_read_name(uint16_t port) {
+    Held h;
+    int e = 0;
+    h.fd = connect_to(kLo, port, kIo, &e);
+    if (!h.fd) {
+        h.answer = std::string("<connect: ") + std::strerror(e) + ">";
+        return h;
+    }
+    Io st = recv_until_eof(h.fd.get(), h.answer, kIo);
+    if (st != Io::Eof) h.answer = "<" + std::string(io_name(st)) + " after '" + h.answer + "'>";
+    return h;
+}
+
+// Accepts one connection on a non-blocking listening socket.
+Fd accept_one(int lfd, double timeout) {
+    Deadline d(timeout);
+    for (;;) {
+        int fd = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) return Fd(fd);
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return Fd();
+        if (!wait_ready(lfd, POLLIN, d)) return Fd();
+    }
+}
+
+std::string hex(const std::string& s) {
+    std::string out;
+    char b[4];
+    for (unsigned char ch : s) {
+        std::snprintf(b, sizeof b, "%02x ", ch);
+        out += b;
+    }
+    if (!out.empty()) out.pop_back();
+    return out;
+}
+
+// Printable form of bytes: \r, \n and non-printable bytes escaped.
+std::string printable(const std::string& s) {
+    std::string out;
+    char b[8];
+    for (unsigned char ch : s) {
+        if (ch == '\r') out += "\\r";
+        else if (ch == '\n') out += "\\n";
+        else if (ch == '\\') out += "\\\\";
+        else if (ch >= 0x20 && ch < 0x7f) out += static_cast<char>(ch);
+        else {
+            std::snprintf(b, sizeof b, "\\x%02x", ch);
+            out += b;
+        }
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------
+// A tiny HTTP/1.0 client for the statistics server
+// ---------------------------------------------------------------------------
+
+struct HttpReply {
+    std::string error;  // empty when a complete response arrived and the server closed
+    int status = 0;
+    std::string raw, head, body;
+    std::string header(const std::string& name) const {  // value of a header, "" if absent
+        for (const std::string& line : split_lines(head)) {
+            size_t colon = line.find(':');
+            if (colon == std::string::npos || lower(line.substr(0, colon)) != lower(name)) continue;
+            std::string v = line.substr(colon + 1);
+            while (!v.empty() && (v.front() == ' ')) v.erase(v.begin());
+            while (!v.empty() && (v.back() == '\r' || v.back() == ' ')) v.pop_back();
+            return v;
+        }
+        return "";
+    }
+};
+
+// Sends `request` as it is, reads the response up to the server's close, splits it.
+HttpReply http_raw(uint16_t port, const std::string& request, double timeout = kIo) {
+    HttpReply r;
+    int e = 0;
+    Fd c = connect_to(kLo, port, timeout, &e);
+    if (!c) {
+        r.error = std::string("connect: ") + std::strerror(e);
+        return r;
+    }
+    Io st = send_all(c.get(), request, timeout);
+    if (st != Io::Ok) {
+        r.error = std::string("send: ") + io_name(st);
+        return r;
+    }
+    st = recv_until_eof(c.get(), r.raw, timeout);
+    if (st != Io::Eof) r.error = std::string("recv: ") + io_name(st) + " after " + std::to_string(r.raw.size()) + " bytes";
+    size_t end = r.raw.find("\r\n\r\n");
+    if (end == std::string::npos) {
+        if (r.error.empty()) r.error = "no end of header in '" + printable(r.raw) + "'";
+        return r;
+    }
+    r.head = r.raw.substr(0, end + 2);
+    r.body = r.raw.substr(end + 4);
+    if (r.head.compare(0, 9, "HTTP/1.1 ") == 0 || r.head.compare(0, 9, "HTTP/1.0 ") == 0)
+        r.status = std::atoi(r.head.c_str() + 9);
+    else if (r.error.empty())
+        r.error = "not an HTTP status line: '" + printable(r.head.substr(0, 40)) + "'";
+    std::string len = r.header("Content-Length");
+    if (r.error.empty() && (len.empty() || std::to_string(r.body.size()) != len))
+        r.error = "Content-Length '" + len + "' but a body of " + std::to_string(r.body.size()) + " bytes";
+    return r;
+}
+
+HttpReply http_get(uint16_t port, const std::string& path, double timeout = kIo) {
+    return http_raw(port, "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", timeout);
+}
+
+// ---------------------------------------------------------------------------
+// The Prometheus text format (version 0.0.4), checked strictly
+// ---------------------------------------------------------------------------
+
+struct Exposition {
+    std::map<std::string, double> values;  // "name" or "name{labels}" -> value
+    std::map<std::string, std::string> type, help;
+    std::vector<std::string> families;  // in order of appearance
+    std::vector<std::string> errors;
+    size_t samples = 0;
+};
+
+bool metric_name_ok(const std::string& n) {
+    if (n.empty()) return false;
+    for (size_t i = 0; i < n.size(); ++i) {
+        char ch = n[i];
+        bool ok = std::isalpha(static_cast<unsigned char>(ch)) || ch == '_' || ch == ':' ||
+                  (i > 0 && std::isdigit(static_cast<unsigned char>(ch)));
+        if (!ok) return false;
+    }
+    return true;
+}
+
+bool label_name_ok(const std::string& n) {
+    if (n.empty()) return false;
+    for (size_t i = 0; i < n.size(); ++i) {
+        char ch = n[i];
+        bool ok = std::isalpha(static_cast<unsigned char>(ch)) || ch == '_' || (i > 0 && std::isdigit(static_cast<unsigned char>(ch)));
+        if (!ok) return false;
+    }
+    return true;
+}
+
+// Parses "{a="x",b="y"}" starting at s[i] == '{'; returns the index after '}' or npos.
+size_t parse_labels(const std::string& s, size_t i, std::string& why) {
+    ++i;
+    bool first = true;
+    std::set<std::string> seen;
+    for (;;) {
+        if (i >= s.size()) {
+            why = "unterminated labels";
+            return std::string::npos;
+        }
+        if (s[i] == '}') return i + 1;
+        if (!first) {
+            if (s[i] != ',') {
+                why = "expected ',' between labels";
+                return std::string::npos;
+            }
+            ++i;
+            if (i < s.size() && s[i] == '}') return i + 1;  // a trailing comma is allowed
+        }
+        first = false;
+        size_t eq = s.find('=', i);
+        if (eq == std::string::npos) {
+            why = "label without '='";
+            return std::string::npos;
+        }
+        std::string name = s.substr(i, eq - i);
+        if (!label_name_ok(name) || !seen.insert(name).second) {
+            why = "bad or repeated label name '" + name + "'";
+            return std::string::npos;
+        }
+        i = eq + 1;
+        if (i >= s.size() || s[i] != '"') {
+            why = "label value not quoted";
+            return std::string::npos;
+        }
+        ++i;
+        for (;;) {
+            if (i >= s.size()) {
+                why = "unterminated label value";
+                return std::string::npos;
+            }
+            if (s[i] == '\\') {
+                if (i + 1 >= s.size() || (s[i + 1] != '\\' && s[i + 1] != '"' && s[i + 1] != 'n')) {
+                    why = "bad escape in a label value";
+                    return std::string::npos;
+                }
+                i += 2;
+                continue;
+            }
+            if (s[i] == '\n') {
+                why = "newline in a label value";
+                return std::string::npos;
+            }
+            if (s[i] == '"') break;
+            ++i;
+        }
+        ++i;
+    }
+}
+
+bool parse_value(const std::string& v, double& out) {
+    if (v == "+Inf" || v == "-Inf" || v == "NaN") {
+        out = v == "NaN" ? NAN : (v[0] == '-' ? -INFINITY : INFINITY);
+        return true;
+    }
+    if (v.empty()) return false;
+    char* end = nullptr;
+    errno = 0;
+    out = std::strtod(v.c_str(), &end);
+    return errno == 0 && end == v.c_str() + v.size() && std::isfinite(out);
+}
+
+Exposition parse_exposition(const std::string& text) {
+    Exposition ex;
+    auto err = [&](size_t line_no, const std::string& line, const std::string& why) {
+        ex.errors.push_back("line " + std::to_string(line_no) + " '" + printable(line) + "': " + why);
+    };
+    if (text.empty() || text.back() != '\n') ex.errors.push_back("the text does not end with a newline");
+    std::set<std::string> closed;  // families whose samples are over
+    std::string current;           // family of the previous sample
+    size_t line_no = 0;
+    std::stringstream ss(text);
+    std::string line;
+    while (std::getline(ss, line)) {
+        ++line_no;
+        if (line.empty()) continue;
+        if (line[0] == '#') {
+            std::istringstream ls(line);
+            std::string hash, kw, name;
+            ls >> hash >> kw >> name;
+            if (hash != "#" || (kw != "HELP" && kw != "TYPE")) continue;  // a plain comment
+            if (!metric_name_ok(name)) {
+                err(line_no, line, "bad metric name in " + kw);
+                continue;
+            }
+            std::string rest;
+            std::getline(ls, rest);
+            if (!rest.empty() && rest[0] == ' ') rest.erase(0, 1);
+            auto& table = kw == "HELP" ? ex.help : ex.type;
+            if (table.count(name)) err(line_no, line, "second " + kw + " for " + name);
+            if (ex.values.count(name) || closed.count(name) || current == name)
+                err(line_no, line, kw + " after the samples of " + name);
+            if (kw == "TYPE") {
+                static const std::set<std::string> types = {"counter", "gauge", "histogram", "summary", "untyped"};
+                if (!types.count(rest)) err(line_no, line, "unknown type '" + rest + "'");
+            } else if (rest.empty()) {
+                err(line_no, line, "empty HELP text");
+            }
+            table[name] = rest;
+            if (std::find(ex.families.begin(), ex.families.end(), name) == ex.families.end()) ex.families.push_back(name);
+            continue;
+        }
+        // A sample: name, optional labels, one space, the value (an optional timestamp).
+        size_t i = 0;
+        while (i < line.size() && line[i] != '{' && line[i] != ' ') ++i;
+        std::string name = line.substr(0, i);
+        if (!metric_name_ok(name)) {
+            err(line_no, line, "bad metric name");
+            continue;
+        }
+        size_t after = i;
+        if (i < line.size() && line[i] == '{') {
+            std::string why;
+            after = parse_labels(line, i, why);
+            if (after == std::string::npos) {
+                err(line_no, line, why);
+                continue;
+            }
+        }
+        std::string series = line.substr(0, after);
+        if (after >= line.size() || line[after] != ' ') {
+            err(line_no, line, "no space before the value");
+            continue;
+        }
+        std::string rest = line.substr(after + 1);
+        std::string value = rest.substr(0, rest.find(' '));
+        if (rest.find(' ') != std::string::npos) {
+            std::string ts = rest.substr(rest.find(' ') + 1);
+            if (ts.empty() || ts.find_first_not_of("-0123456789") != std::string::npos)
+                err(line_no, line, "bad timestamp");
+        }
+        double v = 0;
+        if (!parse_value(value, v)) {
+            err(line_no, line, "bad value '" + value + "'");
+            continue;
+        }
+        // This suite's families have no _bucket/_sum/_count children: the family is the name.
+        if (!ex.help.count(name)) err(line_no, line, "no # HELP before the samples of " + name);
+        if (!ex.type.count(name)) err(line_no, line, "no # TYPE before the samples of " + name);
+        if (ex.type.count(name) && ex.type[name] == "counter" &&
+            (name.size() < 6 || name.compare(name.size() - 6, 6, "_total") != 0))
+            err(line_no, line, "a counter whose name does not end in _total");
+        if (closed.count(name)) err(line_no, line, "the samples of " + name + " are not together");
+        if (current != name) {
+            if (!current.empty()) closed.insert(current);
+            current = name;
+        }
+        if (ex.values.count(series)) err(line_no, line, "a second sample of " + series);
+        ex.values[series] = v;
+        ++ex.samples;
+    }
+    for (const std::string& f : ex.families)
+        if (!ex.help.count(f) || !ex.type.count(f)) ex.errors.push_back("family " + f + " lacks HELP or TYPE");
+    return ex;
+}
+
+std::string dest_series(const std::string& name, const std::string& dest) {
+    return name + "{destination=\"" + dest + "\"}";
+}
+
+double value_of(const std::map<std::string, double>& m, const std::string& series) {
+    auto it = m.find(series);
+    return it == m.end() ? NAN : it->second;
+}
+
+// One scrape of /metrics; empty values on any failure.
+std::map<std::string, double> scrape(uint16_t stats_port) {
+    HttpReply r = http_get(stats_port, "/metrics", 10.0);
+    if (!r.error.empty() || r.status != 200) return {};
+    Exposition ex = parse_exposition(r.body);
+    if (!ex.errors.empty()) return {};
+    return ex.values;
+}
+
+bool wait_metric(uint16_t stats_port, const std::string& series, double want, double timeout) {
+    return wait_until([&] { return value_of(scrape(stats_port), series) == want; }, timeout, 0.05);
+}
+
+std::string show_metrics(const std::map<std::string, double>& m, const std::string& filter = "") {
+    std::ostringstream os;
+    for (auto& [k, v] : m)
+        if (filter.empty() || k.find(filter) != std::string::npos) os << k << " " << v << "\n";
+    return os.str();
+}
+
+// ---------------------------------------------------------------------------
+// PROXY protocol headers, built here from the specification (HAProxy's
+// proxy-protocol.txt), independently of the balancer's code
+// ---------------------------------------------------------------------------
+
+std::string expected_v1(bool v6, const std::string& src, const std::string& dst, uint16_t sport, uint16_t dport) {
+    return std::string("PROXY ") + (v6 ? "TCP6" : "TCP4") + " " + src + " " + dst + " " + std::to_string(sport) +
+           " " + std::to_string(dport) + "\r\n";
+}
+
+std::string expected_v2(bool v6, const std::string& src, const std::string& dst, uint16_t sport, uint16_t dport) {
+    static const unsigned char sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A};
+    std::string h(reinterpret_cast<const char*>(sig), sizeof sig);
+    h += static_cast<char>(0x21);             // version 2, command PROXY
+    h += static_cast<char>(v6 ? 0x21 : 0x11);  // AF_INET6 / AF_INET, STREAM
+    const size_t alen = v6 ? 16 : 4;
+    const size_t len = 2 * alen + 4;  // 12 or 36
+    h += static_cast<char>((len >> 8) & 0xff);
+    h += static_cast<char>(len & 0xff);
+    unsigned char a[16];
+    for (const std::string* ip : {&src, &dst}) {
+        std::memset(a, 0, sizeof a);
+        if (::inet_pton(v6 ? AF_INET6 : AF_INET, ip->c_str(), a) != 1) return "<bad address " + *ip + ">";
+        h.append(reinterpret_cast<const char*>(a), alen);
+    }
+    for (uint16_t p : {sport, dport}) {
+        h += static_cast<char>(p >> 8);
+        h += static_cast<char>(p & 0xff);
+    }
+    return h;
+}
+
+// One client through a --send-proxy(-v2) balancer to a plain listening socket. Returns
+// what the destination received (up to the client's EOF) and checks the way back.
+struct ProxyRun {
+    std::string error;
+    std::string received;  // all bytes the destination got
+    uint16_t client_port = 0;
+    std::string reply;  // what the client got back
+};
+
+ProxyRun run_through_proxy(int dest_listener, const std::string& client_host, uint16_t lp, const std::string& payload) {
+    ProxyRun r;
+    int e = 0;
+    Fd c = connect_to(client_host, lp, kIo, &e);
+    if (!c) {
+        r.error = std::string("connect: ") + std::strerror(e);
+        return r;
+    }
+    r.client_port = local_port(c.get());
+    if (send_all(c.get(), payload, kIo) != Io::Ok) {
+        r.error = "client send failed";
+        return r;
+    }
+    ::shutdown(c.get(), SHUT_WR);
+    Fd s = accept_one(dest_listener, kIo);
+    if (!s) {
+        r.error = "the destination got no connection";
+        return r;
+    }
+    Io st = recv_until_eof(s.get(), r.received, kIo);
+    if (st != Io::Eof) {
+        r.error = std::string("destination recv: ") + io_name(st) + " after '" + printable(r.received) + "'";
+        return r;
+    }
+    if (send_all(s.get(), "pong\n", kIo) != Io::Ok) r.error = "destination send failed";
+    s.reset();
+    st = recv_until_eof(c.get(), r.reply, kIo);
+    if (st != Io::Eof && r.error.empty()) r.error = std::string("client recv: ") + io_name(st);
+    return r;
+}
+
+void maybe_show(const std::string& what, const std::string& bytes) {
+    const char* e = std::getenv("IAWLB_SHOW_PROXY");
+    if (!e || !*e) return;
+    std::cout << what << " (" << bytes.size() << " bytes)\n  text: " << printable(bytes) << "\n  hex:  " << hex(bytes)
+              << "\n";
+}
+
+}  // namespace
+
+// ===========================================================================
+// 1. Weights
+// ===========================================================================
+
+TEST_CASE("weights: DEST@3 DEST DEST share the clients 3:1:1", "[integration][ops]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    auto c = Backend::make(Kind::Name, "C");
+    auto all_closed = [&] { return a->active() + b->active() + c->active() == 0; };
+    uint16_t lp = free_port();
+    auto args = [&](const std::string& algorithm) {
+        return std::vector<std::string>{"-a", algorithm, listen_arg(lp), a->address() + "@3", b->address(), c->address()};
+    };
+    // The smooth weighted rotation of 3, 1, 1: a, b, a, c, a, and the same again.
+    const std::vector<std::string> period = {"A\n", "B\n", "A\n", "C\n", "A\n"};
+
+    // Sequential short connections, each fully closed before the next one starts (the
+    // balancer releases a destination before it closes its socket, so a backend with
+    // no connection left means the balancer has released it too): both algorithms
+    // then follow the rotation exactly.
+    for (const std::string algorithm : {"roundrobin", "leastconn"}) {
+        DYNAMIC_SECTION("sequential short connections, " << algorithm << ": exactly 30/10/10, in rotation order") {
+            auto lb = start_balancer(args(algorithm));
+            std::vector<std::string> order;
+            std::map<std::string, int> counts;
+            bool settled = true;
+            for (int i = 0; i < 50; ++i) {
+                std::string s = fetch(kLo, lp);
+                order.push_back(s);
+                counts[s]++;
+                if (s.empty() || s[0] == '<') break;
+                settled = settled && wait_until(all_closed, kIo, 0.001);
+            }
+            INFO("answers: " << show(counts));
+            CHECK(settled);
+            CHECK(counts["A\n"] == 30);
+            CHECK(counts["B\n"] == 10);
+            CHECK(counts["C\n"] == 10);
+            REQUIRE(order.size() == 50);
+            int out_of_order = 0;
+            for (size_t i = 0; i < order.size(); ++i) out_of_order += order[i] == period[i % 5] ? 0 : 1;
+            CHECK(out_of_order == 0);
+        }
+    }
+
+    SECTION("leastconn, back-to-back short connections: close to 30/10/10") {
+        // A connection may still be open in the balancer for a moment after its client
+        // got EOF and closed; least connections then leaves that destination out of the
+        // next pick. Usually that never happens and the shares are exact; if every pick
+        // found the previous connection still open they would be 22/14/14, and any mix
+        // of the two stays within A 20..31, B and C 9..19 (a simulation of the rotation).
+        // Without weights A would get about 17.
+        auto lb = start_balancer(args("leastconn"));
+        std::map<std::string, int> counts = fetch_many(lp, 50);
+        INFO("answers: " << show(counts));
+        CHECK(counts["A\n"] + counts["B\n"] + counts["C\n"] == 50);
+        CHECK(counts["A\n"] >= 20);
+        CHECK(counts["A\n"] <= 32);
+        CHECK(counts["B\n"] >= 8);
+        CHECK(counts["B\n"] <= 20);
+        CHECK(counts["C\n"] >= 8);
+        CHECK(counts["C\n"] <= 20);
+    }
+
+    SECTION("leastconn, connections held open: held in proportion; a freed destination gets the next ones") {
+        auto lb = start_balancer(args("leastconn"));
+        std::vector<Held> held;
+        std::map<std::string, int> counts;
+        for (int i = 0; i < 50; ++i) {
+            held.push_back(open_and_read_name(lp));
+            counts[held.back().answer]++;
+        }
+        INFO("answers while held: " << show(counts));
+        CHECK(counts["A\n"] == 30);
+        CHECK(counts["B\n"] == 10);
+        CHECK(counts["C\n"] == 10);
+        CHECK(a->active() == 30);
+        CHECK(b->active() == 10);
+        CHECK(c->active() == 10);
+        // Close B's ten: loads are now A 30/3, B 0, C 10; B alone is the least loaded
+        // until it holds ten again.
+        for (auto& h : held)
+            if (h.answer == "B\n") h.fd.reset();
+        CHECK(wait_until([&] { return b->active() == 0; }, kIo));
+        std::map<std::string, int> next;
+        for (int i = 0; i < 10; ++i) {
+            held.push_back(open_and_read_name(lp));
+            next[held.back().answer]++;
+        }
+        INFO("the 10 after B's were closed: " << show(next));
+        CHECK(next["B\n"] == 10);
+    }
+
+    SECTION("roundrobin, connections held open: the rotation ignores the load") {
+        auto lb = start_balancer(args("roundrobin"));
+        std::vector<Held> held;
+        std::map<std::string, int> counts;
+        for (int i = 0; i < 50; ++i) {
+            held.push_back(open_and_read_name(lp));
+            counts[held.back().answer]++;
+        }
+        INFO("answers while held: " << show(counts));
+        CHECK(counts["A\n"] == 30);
+        CHECK(counts["B\n"] == 10);
+        CHECK(counts["C\n"] == 10);
+        for (auto& h : held)
+            if (h.answer == "B\n") h.fd.reset();
+        CHECK(wait_until([&] { return b->active() == 0; }, kIo));
+        std::map<std::string, int> next;
+        for (int i = 0; i < 10; ++i) {
+            held.push_back(open_and_read_name(lp));
+            next[held.back().answer]++;
+        }
+        INFO("the 10 after B's were closed: " << show(next));
+        CHECK(next["A\n"] == 6);
+        CHECK(next["B\n"] == 2);
+        CHECK(next["C\n"] == 2);
+    }
+}
+
+// ===========================================================================
+// 2. Health checks, and passive marking
+// ===========================================================================
+
+TEST_CASE("health checks (--check-interval): a dead destination is taken out before any client meets it",
+          "[integration][ops]") {
+    auto a = Backend::make(Kind::Name, "HA");
+    auto b = Backend::make(Kind::Name, "HB");
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t lp = ports[0], sp = ports[1];
+    const std::string an = a->address(), bn = b->address();
+    auto lb = start_balancer({"-v", "-a", "roundrobin", "--check-interval", "250ms", "--rise", "2", "--fall", "2",
+                              "--stats", listen_arg(sp), listen_arg(lp), an, bn});
+
+    std::map<std::string, int> before = fetch_many(lp, 10);
+    INFO("before the kill: " << show(before));
+    CHECK(before["HA\n"] == 5);
+    CHECK(before["HB\n"] == 5);
+
+    b->kill();
+    const std::string down_line = "destination " + bn + " is down: health check: Connection refused";
+    bool down = lb->wait_for_log(down_line, kIo);
+    REQUIRE(down);
+    // --fall 2: one refused check changes nothing (logged with -v), the second takes it out.
+    std::string log = lb->log();
+    CHECK(count_of(log.substr(0, log.find(down_line)), "destination " + bn + ": health check failed: Connection refused") == 1);
+
+    // From now on no client is sent to it: not one connect fails.
+    std::map<std::string, int> during;
+    for (int i = 0; i < 30; ++i) {
+        during[fetch(kLo, lp)]++;
+        if (i == 14) sleep_s(0.6);  // a few more check rounds in between
+    }
+    INFO("while B is down: " << show(during));
+    CHECK(during["HA\n"] == 30);
+    auto m = scrape(sp);
+    INFO(show_metrics(m, "destination"));
+    CHECK(value_of(m, dest_series("iawlb_destination_up", bn)) == 0);
+    CHECK(value_of(m, dest_series("iawlb_destination_up", an)) == 1);
+    CHECK(value_of(m, dest_series("iawlb_destination_failed_connects_total", bn)) == 0);
+    CHECK(value_of(m, dest_series("iawlb_destination_connections_total", bn)) == 5);
+    CHECK(value_of(m, dest_series("iawlb_destination_connections_total", an)) == 35);
+
+    // Back on the same port: after --rise 2 passed checks it gets clients again.
+    REQUIRE(b->start());
+    bool up = lb->wait_for_log("destination " + bn + " is up again: health check passed", kIo);
+    CHECK(up);
+    std::map<std::string, int> after = fetch_many(lp, 20);
+    INFO("after B came back: " << show(after));
+    CHECK(after["HA\n"] == 10);
+    CHECK(after["HB\n"] == 10);
+
+    log = lb->log();
+    INFO("log:\n" << log);
+    CHECK(log.find(bn + " is down: connect") == std::string::npos);  // no client ever met the failure
+    CHECK(log.find(an + " is down") == std::string::npos);
+    m = scrape(sp);
+    CHECK(value_of(m, dest_series("iawlb_destination_failed_connects_total", bn)) == 0);
+    CHECK(value_of(m, dest_series("iawlb_destination_up", bn)) == 1);
+    CHECK(value_of(m, "iawlb_refused_connections_total") == 0);
+}
+
+TEST_CASE("passive marking: a refused client connect marks a destination down, with or without checks",
+          "[integration][ops]") {
+    auto a = Backend::make(Kind::Name, "PA");
+    auto b = Backend::make(Kind::Name, "PB");
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t lp = ports[0], sp = ports[1];
+    const std::string an = a->address(), bn = b->address();
+    std::vector<std::string> extra;
+    SECTION("without --check-interval") {}
+    SECTION("with --check-interval 1h: the destination dies between two checks") { extra = {"--check-interval", "1h"}; }
+
+    std::vector<std::string> args = {"-v", "-a", "roundrobin", "--backoff-max", "500ms", "--stats", listen_arg(sp)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    for (const std::string& s : {listen_arg(lp), an, bn}) args.push_back(s);
+    auto lb = start_balancer(args);
+    std::map<std::string, int> before = fetch_many(lp, 4);
+    CHECK(before["PB\n"] == 2);
+
+    b->kill();
+    std::map<std::string, int> during = fetch_many(lp, 10);
+    INFO("while B is down: " << show(during));
+    CHECK(during["PA\n"] == 10);  // the client sent to B was sent on to A without noticing
+    CHECK(lb->wait_for_log("destination " + bn + " is down: connect: Connection refused", kIo));
+    auto m = scrape(sp);
+    INFO(show_metrics(m, "destination"));
+    CHECK(value_of(m, dest_series("iawlb_destination_failed_connects_total", bn)) >= 1);
+    CHECK(value_of(m, dest_series("iawlb_destination_up", bn)) == 0);
+    CHECK(lb->log().find("health check") == std::string::npos);
+
+    // Back: a trial client finds it within the backoff (at most 500 ms here).
+    REQUIRE(b->start());
+    bool served = wait_until([&] { return fetch(kLo, lp) == "PB\n"; }, kIo, 0.1);
+    CHECK(served);
+    CHECK(lb->wait_for_log("destination " + bn + " is up again", kIo));
+}
+
+// ===========================================================================
+// 3. The queue limit
+// ===========================================================================
+
+TEST_CASE("queue limit (--queue-max): beyond N waiting clients, more are closed at once", "[integration][ops]") {
+    const auto ports = free_ports(3);
+    REQUIRE(ports.size() == 3);
+    const uint16_t lp = ports[0], sp = ports[1], dead = ports[2];
+    auto lb = start_balancer({"-v", "--queue-max", "3", "--queue-timeout", "5s", "--backoff-max", "250ms", "--stats",
+                              listen_arg(sp), listen_arg(lp), listen_arg(dead)});
+
+    // Three clients wait (each has sent its request, which the kernel holds).
+    std::vector<Fd> waiting;
+    auto msg = [](size_t i) { return "waiting client " + std::to_string(i) + "\n"; };
+    for (size_t i = 0; i < 3; ++i) {
+        waiting.push_back(connect_to(kLo, lp));
+        REQUIRE(waiting.back());
+        REQUIRE(send_all(waiting.back().get(), msg(i), kIo) == Io::Ok);
+        bool queued = wait_metric(sp, "iawlb_queued_connections", double(i + 1), kIo);
+        INFO("client " << i << ":\n" << show_metrics(scrape(sp)));
+        REQUIRE(queued);
+    }
+
+    // The fourth and fifth are closed at once, long before the 5 s queue timeout.
+    for (int i = 0; i < 2; ++i) {
+        Fd extra = connect_to(kLo, lp);
+        REQUIRE(extra);
+        double t0 = now();
+        Io st = wait_closed(extra.get(), 4.0);
+        INFO("extra client " << i << ": " << io_name(st) << " after " << now() - t0 << " s");
+        CHECK((st == Io::Eof || st == Io::Reset));
+    }
+    CHECK(wait_until([&] { return count_of(lb->log(), " queue-full ") == 2; }, kIo));
+    sleep_s(1.0);
+    for (size_t i = 0; i < waiting.size(); ++i) {  // still waiting, more than 1 s later
+        std::string early;
+        Io st = recv_available(waiting[i].get(), early);
+        INFO("waiting client " << i);
+        CHECK(st == Io::Ok);
+        CHECK(early.empty());
+    }
+    auto m = scrape(sp);
+    CHECK(value_of(m, "iawlb_queued_connections") == 3);
+    CHECK(value_of(m, "iawlb_refused_connections_total") == 2);
+    CHECK(value_of(m, "iawlb_accepted_connections_total") == 5);
+
+    // A server appears on the dead port: the three waiting clients are served.
+    auto echo = Backend::make(Kind::Echo, "late", kLo, dead);
+    for (size_t i = 0; i < waiting.size(); ++i) {
+        std::string got;
+        Io st = recv_exact(waiting[i].get(), got, msg(i).size(), kIo);
+        INFO("waiting client " << i << ": " << io_name(st) << " '" << got << "'");
+        CHECK(st == Io::Ok);
+        CHECK(got == msg(i));
+        ::shutdown(waiting[i].get(), SHUT_WR);
+        CHECK(wait_closed(waiting[i].get(), kIo) == Io::Eof);
+    }
+    CHECK(wait_metric(sp, "iawlb_active_connections", 0, kIo));
+    m = scrape(sp);
+    INFO(show_metrics(m));
+    CHECK(value_of(m, "iawlb_refused_connections_total") == 2);
+    CHECK(value_of(m, "iawlb_queued_connections") == 0);
+    CHECK(value_of(m, dest_series("iawlb_destination_connections_total", listen_arg(dead))) == 3);
+    CHECK(echo->connections() == 3);
+}
+
+// A client back in the queue after a failed trial connect was admitted already:
+// it must not be closed because a newcomer took its place while it was trying
+// (an earlier version closed the client that had waited longest).
+TEST_CASE("queue limit (--queue-max): a waiting client's failed trial does not cost it its place",
+          "[integration][ops]") {
+    // A listener with a full accept queue drops SYNs: every connect to it times out.
+    Fd blackhole = listen_socket(kLo, 0, true, /*backlog=*/0);
+    REQUIRE(blackhole);
+    const uint16_t bp = local_port(blackhole.get());
+    Fd filler = connect_to(kLo, bp, 5.0);
+    REQUIRE(filler);
+    int e = 0;
+    if (connect_once(kLo, bp, 0.5, &e) || e != ETIMEDOUT) {
+        WARN("cannot make a destination that never answers here: test skipped");
+        return;
+    }
+    uint16_t lp = free_port();
+    // c1's first connect times out after 2 s and it is queued (admitted); its
+    // trials then take 2 s of every 2.25 s. c2 arrives in the middle of the first.
+    auto lb = start_balancer({"-v", "-w", "1", "--queue-max", "1", "--queue-timeout", "30s", "--connect-timeout",
+                              "2s", "--backoff-max", "250ms", listen_arg(lp), listen_arg(bp)});
+    const double t0 = now();
+    Fd c1 = connect_to(kLo, lp);
+    REQUIRE(c1);
+    CHECK(wait_until([&] { return lb->log().find("is down") != std::string::npos; }, kIo));
+    sleep_s(std::max(0.0, t0 + 3.2 - now()));  // c1 is on its trial connect now
+    Fd c2 = connect_to(kLo, lp);
+    REQUIRE(c2);
+    sleep_s(std::max(0.0, t0 + 5.5 - now()));  // c1's trial has failed by now
+    std::string got;
+    Io s1 = recv_available(c1.get(), got);
+    Io s2 = recv_available(c2.get(), got);
+    INFO("at " << now() - t0 << " s: c1 " << io_name(s1) << ", c2 " << io_name(s2));
+    CHECK(s1 == Io::Ok);  // still waiting: not closed as queue-full
+    CHECK(lb->log().find(" queue-full ") == std::string::npos);
+}
+
+// ===========================================================================
+// 4. Statistics
+// ===========================================================================
+
+TEST_CASE("statistics (--stats): exact counters, Prometheus text format, HTTP errors, stuck clients",
+          "[integration][ops]") {
+    auto u1 = Backend::make(Kind::UploadAnswer, "U1");
+    auto u2 = Backend::make(Kind::UploadAnswer, "U2");
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t lp = ports[0], sp = ports[1];
+    const std::string d1 = u1->address(), d2 = u2->address();
+    auto lb = start_balancer({"-a", "roundrobin", "--stats", std::to_string(sp), listen_arg(lp), d1, d2});
+    CHECK(lb->log().find("statistics on http://127.0.0.1:" + std::to_string(sp) + "/metrics") != std::string::npos);
+
+    // Exactly 100 relayed connections, of different sizes, each an upload answered by
+    // its size and checksum; round robin sends the even ones to the first destination
+    // and the odd ones to the second.
+    uint64_t up[2] = {0, 0}, down[2] = {0, 0};
+    int bad = 0;
+    std::string first_bad;
+    for (int i = 0; i < 100; ++i) {
+        // The first is big enough for the relay's bulk path (splice), the rest small.
+        const size_t n = i == 0 ? 3 * MiB + 7 : static_cast<size_t>(1 + (i * 997) % 3000);
+        std::string data = Pattern(5000 + i).bytes(n);
+        Fnv1a f;
+        f.update(data.data(), data.size());
+        const std::string want = std::to_string(n) + " " + f.hex() + "\n";
+        Fd c = connect_to(kLo, lp);
+        std::string got;
+        bool ok = c && send_all(c.get(), data, kIo) == Io::Ok && ::shutdown(c.get(), SHUT_WR) == 0 &&
+                  recv_until_eof(c.get(), got, kIo) == Io::Eof && got == want;
+        if (!ok && bad++ == 0) first_bad = "connection " + std::to_string(i) + ": got '" + got + "'";
+        up[i % 2] += n;
+        down[i % 2] += want.size();
+    }
+    INFO(first_bad);
+    REQUIRE(bad == 0);
+    REQUIRE(wait_metric(sp, "iawlb_active_connections", 0, kIo));
+
+    HttpReply r = http_get(sp, "/metrics");
+    INFO(r.error << "\n" << r.raw);
+    REQUIRE(r.error == "");
+    CHECK(r.status == 200);
+    CHECK(r.header("Content-Type") == "text/plain; version=0.0.4; charset=utf-8");
+    Exposition ex = parse_exposition(r.body);
+    std::string errors;
+    for (auto& e : ex.errors) errors += e + "\n";
+    INFO("format errors:\n" << errors);
+    CHECK(ex.errors.empty());
+    const std::vector<std::string> families = {
+        "iawlb_destination_up", "iawlb_destination_weight", "iawlb_destination_active_connections",
+        "iawlb_destination_connections_total", "iawlb_destination_failed_connects_total",
+        "iawlb_destination_sent_bytes_total", "iawlb_destination_received_bytes_total",
+        "iawlb_destination_last_change_seconds", "iawlb_accepted_connections_total", "iawlb_queued_connections",
+        "iawlb_active_connections", "iawlb_refused_connections_total", "iawlb_uptime_seconds"};
+    CHECK(ex.families == families);
+    CHECK(ex.samples == 8 * 2 + 5);
+    for (const std::string& f : families) {
+        const bool counter = f.size() > 6 && f.compare(f.size() - 6, 6, "_total") == 0;
+        INFO(f);
+        CHECK(ex.type[f] == (counter ? "counter" : "gauge"));
+    }
+    const auto& v = ex.values;
+    CHECK(value_of(v, "iawlb_accepted_connections_total") == 100);
+    CHECK(value_of(v, "iawlb_active_connections") == 0);
+    CHECK(value_of(v, "iawlb_queued_connections") == 0);
+    CHECK(value_of(v, "iawlb_refused_connections_total") == 0);
+    CHECK(value_of(v, "iawlb_uptime_seconds") > 0);
+    const std::string dn[2] = {d1, d2};
+    const Backend* be[2] = {u1.get(), u2.get()};
+    double sum = 0;
+    for (int k = 0; k < 2; ++k) {
+        INFO("destination " << dn[k]);
+        sum += value_of(v, dest_series("iawlb_destination_connections_total", dn[k]));
+        CHECK(value_of(v, dest_series("iawlb_destination_connections_total", dn[k])) == 50);
+        CHECK(value_of(v, dest_series("iawlb_destination_connections_total", dn[k])) == be[k]->connections());
+        CHECK(value_of(v, dest_series("iawlb_destination_up", dn[k])) == 1);
+        CHECK(value_of(v, dest_series("iawlb_destination_weight", dn[k])) == 1);
+        CHECK(value_of(v, dest_series("iawlb_destination_active_connections", dn[k])) == 0);
+        CHECK(value_of(v, dest_series("iawlb_destination_failed_connects_total", dn[k])) == 0);
+        CHECK(value_of(v, dest_series("iawlb_destination_sent_bytes_total", dn[k])) == double(up[k]));
+        CHECK(value_of(v, dest_series("iawlb_destination_received_bytes_total", dn[k])) == double(down[k]));
+        CHECK(value_of(v, dest_series("iawlb_destination_last_change_seconds", dn[k])) >= 0);
+    }
+    CHECK(sum == 100);
+
+    SECTION("other requests: the index, 404, 405, 400, 431") {
+        HttpReply idx = http_get(sp, "/");
+        INFO(idx.error << "\n" << idx.raw);
+        CHECK(idx.error == "");
+        CHECK(idx.status == 200);
+        CHECK(idx.body.find("/metrics") != std::string::npos);
+        CHECK(idx.body.size() < 1024);
+        CHECK(http_get(sp, "/metrics?name=x").status == 200);  // the query is ignored
+        CHECK(http_raw(sp, "GET / HTTP/1.0\n\n").status == 200);  // bare LF line ends
+
+        struct Case {
+            std::string request;
+            int status;
+        };
+        const std::vector<Case> cases = {
+            {"GET /nope HTTP/1.0\r\n\r\n", 404},
+            {"GET /metrics/ HTTP/1.0\r\n\r\n", 404},
+            {"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n", 405},
+            {"HEAD /metrics HTTP/1.0\r\n\r\n", 405},
+            {"hello there\r\n\r\n", 400},
+            {"GET /metrics\r\n\r\n", 400},
+            {"GET  HTTP/1.0\r\n\r\n", 400},
+            {"GET /metrics SPDY/3\r\n\r\n", 400},
+            {std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 15), 400},
+        };
+        for (const Case& k : cases) {
+            HttpReply e = http_raw(sp, k.request);
+            INFO("request '" << printable(k.request) << "': " << e.error << "\n" << e.raw);
+            CHECK(e.error == "");
+            CHECK(e.status == k.status);
+            if (k.status == 405) CHECK(e.header("Allow") == "GET");
+        }
+        // A header that does not end within 4 KiB: 431, and the connection closed.
+        const std::string big = "GET /metrics HTTP/1.0\r\nX-Filler: " + std::string(16 * 1024, 'x');
+        HttpReply e = http_raw(sp, big);
+        INFO(e.error << "\n" << e.raw.substr(0, 300));
+        CHECK(e.error == "");
+        CHECK(e.status == 431);
+        const std::string big_done = "GET /metrics HTTP/1.0\r\nX-Filler: " + std::string(6 * 1024, 'x') + "\r\n\r\n";
+        CHECK(http_raw(sp, big_done).status == 431);
+        // Still serving after all that.
+        CHECK(value_of(scrape(sp), "iawlb_accepted_connections_total") == 100);
+    }
+
+    SECTION("stuck statistics clients slow neither the relay nor the other statistics clients") {
+        auto stuck = [&](int i) -> Fd {
+            // i % 4: 0 and 3 send nothing, 1 half a request line, 2 a whole request but
+            // never reads (with a receive buffer as small as the kernel allows).
+            if (i % 4 != 2) {
+                Fd c = connect_once(kLo, sp, kIo);
+                if (c && i % 4 == 1 && send_all(c.get(), "GET /metr", kIo) != Io::Ok) return Fd();
+                return c;
+            }
+            SockAddr a;
+            if (!make_addr(kLo, sp, a)) return Fd();
+            Fd c = tcp_socket(AF_INET);
+            int small = 1;
+            ::setsockopt(c.get(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+            if (::connect(c.get(), a.ptr(), a.len) != 0 && errno != EINPROGRESS) return Fd();
+            Deadline d(kIo);
+            if (!wait_ready(c.get(), POLLOUT, d)) return Fd();
+            if (send_all(c.get(), "GET /metrics HTTP/1.0\r\n\r\n", kIo) != Io::Ok) return Fd();
+            return c;
+        };
+        auto still_open = [](int fd) {
+            std::string s;
+            return recv_available(fd, s) == Io::Ok && s.empty();
+        };
+
+        // 15 stuck clients hold 15 of the 16 places: a 16th client is served while
+        // they are all still held (long before their 5 s deadline).
+        std::vector<Fd> held;
+        for (int i = 0; i < 15; ++i) {
+            held.push_back(stuck(i));
+            REQUIRE(held.back());
+        }
+        HttpReply r16 = http_get(sp, "/metrics");
+        INFO(r16.error);
+        CHECK(r16.status == 200);
+        CHECK(parse_exposition(r16.body).errors.empty());
+        int open_silent = 0, silent = 0;
+        for (int i = 0; i < 15; ++i)
+            if (i % 4 != 2) {
+                ++silent;
+                open_silent += still_open(held[i].get()) ? 1 : 0;
+            }
+        CHECK(open_silent == silent);
+
+        // 20 stuck clients: the places are full. The relay goes on as usual.
+        for (int i = 15; i < 20; ++i) {
+            held.push_back(stuck(i));
+            REQUIRE(held.back());
+        }
+        int relay_failures = 0;
+        std::string relay_error;
+        for (int i = 0; i < 30; ++i) {
+            std::string data = Pattern(900 + i).bytes(100 + i);
+            Fnv1a f;
+            f.update(data.data(), data.size());
+            Fd c = connect_to(kLo, lp);
+            std::string got;
+            bool ok = c && send_all(c.get(), data, kIo) == Io::Ok && ::shutdown(c.get(), SHUT_WR) == 0 &&
+                      recv_until_eof(c.get(), got, kIo) == Io::Eof &&
+                      got == std::to_string(data.size()) + " " + f.hex() + "\n";
+            if (!ok && relay_failures++ == 0) relay_error = "relay " + std::to_string(i) + ": '" + got + "'";
+        }
+        INFO(relay_error);
+        CHECK(relay_failures == 0);
+        int open_now = 0;
+        for (int i = 0; i < 20; ++i)
+            if (i % 4 != 2) open_now += still_open(held[i].get()) ? 1 : 0;
+        CHECK(open_now > 0);  // the relay checks ran while the stuck clients were held
+
+        // A scrape waits for a place (the stuck ones time out after 5 s), then is served.
+        HttpReply late = http_get(sp, "/metrics", 30.0);
+        INFO(late.error);
+        CHECK(late.status == 200);
+        Exposition lex = parse_exposition(late.body);
+        CHECK(lex.errors.empty());
+        CHECK(value_of(lex.values, "iawlb_accepted_connections_total") == 130);
+        // By then the server has closed the 16 stuck clients that had a place, at their
+        // deadline (the never-reading ones after their response). The last 4 got their
+        // places only now; the test closes them.
+        int closed = 0;
+        for (int i = 0; i < 16; ++i) {
+            Io st = wait_closed(held[i].get(), 10.0);
+            closed += (st == Io::Eof || st == Io::Reset) ? 1 : 0;
+        }
+        CHECK(closed == 16);
+        CHECK(lb->running());
+    }
+}
+
+// ===========================================================================
+// 5. PROXY protocol
+// ===========================================================================
+
+TEST_CASE("PROXY protocol (--send-proxy, --send-proxy-v2): the destination gets the exact header, then the bytes",
+          "[integration][ops]") {
+    const std::string payload = "hello from the client\r\nsecond line\n";
+    struct Variant {
+        const char* name;
+        const char* option;
+        bool v2;
+        bool v6;
+        bool wildcard;  // listen on a bare PORT (dual stack), client over IPv4
+    };
+    const Variant variants[] = {
+        {"v1, IPv4", "--send-proxy", false, false, false},
+        {"v1, IPv6", "--send-proxy", false, true, false},
+        {"v2, IPv4", "--send-proxy-v2", true, false, false},
+        {"v2, IPv6", "--send-proxy-v2", true, true, false},
+        {"v1, IPv4 client of a dual-stack listener", "--send-proxy", false, false, true},
+        {"v2, IPv4 client of a dual-stack listener", "--send-proxy-v2", true, false, true},
+    };
+    for (const Variant& var : variants) {
+        DYNAMIC_SECTION(var.name) {
+            if (var.v6 && !ipv6_loopback_available()) {
+                WARN("::1 is not available here: IPv6 part skipped");
+                return;
+            }
+            const std::string host = var.v6 ? "::1" : kLo;
+            Fd dl = listen_socket(host, 0);
+            REQUIRE(dl);
+            const uint16_t dport = local_port(dl.get());
+            const uint16_t lp = var.wildcard ? free_port_both() : free_port(host);
+            const uint16_t sp = free_port();
+            REQUIRE(lp != 0);
+            const std::string listen = var.wildcard ? std::to_string(lp) : listen_arg(lp, host);
+            auto lb = start_balancer({var.option, "--stats", listen_arg(sp), listen, listen_arg(dport, host)});
+
+            for (int round = 0; round < 2; ++round) {  // two clients: each gets its own header
+                ProxyRun run = run_through_proxy(dl.get(), host, lp, payload);
+                INFO(var.name << ", client " << round << ": " << run.error);
+                REQUIRE(run.error == "");
+                const std::string header = var.v2 ? expected_v2(var.v6, host, host, run.client_port, lp)
+                                                  : expected_v1(var.v6, host, host, run.client_port, lp);
+                INFO("received: " << printable(run.received) << "\n    hex: " << hex(run.received)
+                                  << "\nexpected: " << printable(header + payload));
+                CHECK(run.received == header + payload);
+                CHECK(run.reply == "pong\n");
+                if (round == 0) maybe_show(std::string(var.name) + ": what the destination received", run.received);
+                if (round == 1) {
+                    // The header's bytes count as bytes sent to the destination.
+                    const std::string series = dest_series("iawlb_destination_sent_bytes_total", listen_arg(dport, host));
+                    bool counted = wait_metric(sp, series, 2.0 * double(header.size() + payload.size()), kIo);
+                    INFO(show_metrics(scrape(sp)));
+                    CHECK(counted);
+                }
+            }
+        }
+    }
+}
+
+// ===========================================================================
+// 6. Restarts with --reuseport
+// ===========================================================================
+
+namespace {
+
+// A client connect that reports the local port even when it fails, so that a lost
+// client can be looked for in the balancers' -v logs.
+Fd connect_noting_port(const std::string& host, uint16_t port, double timeout, int* err, uint16_t* local) {
+    *err = 0;
+    *local = 0;
+    SockAddr a;
+    if (!make_addr(host, port, a)) {
+        *err = EINVAL;
+        return Fd();
+    }
+    Fd s = tcp_socket(a.family());
+    if (!s) {
+        *err = errno;
+        return Fd();
+    }
+    int one = 1;
+    ::setsockopt(s.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int r = ::connect(s.get(), a.ptr(), a.len);
+    int e = errno;
+    *local = local_port(s.get());
+    if (r == 0) return s;
+    if (e != EINPROGRESS) {
+        *err = e;
+        return Fd();
+    }
+    Deadline d(timeout);
+    if (!wait_ready(s.get(), POLLOUT, d)) {
+        *err = ETIMEDOUT;
+        return Fd();
+    }
+    int soerr = 0;
+    socklen_t len = sizeof soerr;
+    ::getsockopt(s.get(), SOL_SOCKET, SO_ERROR, &soerr, &len);
+    if (soerr != 0) {
+        *err = soerr;
+        return Fd();
+    }
+    return s;
+}
+
+bool tcp_migrate_req_on() {
+    std::string v = read_file("/proc/sys/net/ipv4/tcp_migrate_req");
+    return !v.empty() && v[0] == '1';
+}
+
+}  // namespace
+
+TEST_CASE("restart with --reuseport: old and new balancer on one port, SIGTERM to the old, no client lost",
+          "[integration][ops]") {
+    // Each generation of balancer has a backend of its own, a greeter that says its
+    // name, so every answer tells which balancer relayed it.
+    constexpr int kGens = 4, kThreads = 2;
+    std::vector<std::unique_ptr<Backend>> backends;
+    for (int g = 0; g < kGens; ++g) backends.push_back(Backend::make(Kind::Greeter, "GEN" + std::to_string(g)));
+    const uint16_t lp = free_port();
+    auto start_gen = [&](int g) {
+        return start_balancer({"-v", "--reuseport", "--grace", "20s", listen_arg(lp), backends[g]->address()});
+    };
+    auto answered_by = [](const std::string& got, const std::string& msg) {
+        for (int g = 0; g < kGens; ++g)
+            if (got == "HELLO GEN" + std::to_string(g) + "\n" + msg) return g;
+        return -1;
+    };
+    std::vector<Balancer> gens;
+    gens.push_back(start_gen(0));
+    gens.push_back(start_gen(1));
+
+    // 1. Clients already waiting in the old balancer's listening socket are accepted by
+    // its drain and served. Stopped (SIGSTOP), generation 0 accepts nothing, so the
+    // clients that the kernel gives it wait in its queue; then SIGTERM and SIGCONT.
+    {
+        constexpr int K = 24;  // about half go to each: all 24 to one has a chance of 2^-23
+        REQUIRE(gens[0]->send_signal(SIGSTOP));
+        std::vector<Fd> cs;
+        for (int k = 0; k < K; ++k) {
+            int e = 0;
+            cs.push_back(connect_once(kLo, lp, kIo, &e));
+            INFO("client " << k << ": " << std::strerror(e));
+            REQUIRE(cs.back());
+            REQUIRE(send_all(cs.back().get(), "queued " + std::to_string(k) + "\n", kIo) == Io::Ok);
+            ::shutdown(cs.back().get(), SHUT_WR);
+        }
+        REQUIRE(gens[0]->send_signal(SIGTERM));
+        REQUIRE(gens[0]->send_signal(SIGCONT));
+        int by[kGens] = {}, bad = 0;
+        std::string first_bad;
+        for (int k = 0; k < K; ++k) {
+            const std::string msg = "queued " + std::to_string(k) + "\n";
+            std::string got;
+            Io st = recv_until_eof(cs[k].get(), got, kIo);
+            int g = st == Io::Eof ? answered_by(got, msg) : -1;
+            if (g >= 0) by[g]++;
+            else if (bad++ == 0) first_bad = "client " + std::to_string(k) + ": " + io_name(st) + " '" + printable(got) + "'";
+        }
+        ExitStatus st0 = gens[0]->wait_exit(40.0);
+        INFO("served by generation 0 (stopped, then drained): " << by[0] << ", by generation 1: " << by[1] << "; "
+                                                                << first_bad);
+        CHECK(bad == 0);
+        CHECK(by[0] >= 1);
+        CHECK(by[0] + by[1] == K);
+        CHECK(st0.str() == "exit code 0");
+    }
+
+    // 2. Two client threads open short connections continuously (bounded in count and
+    // time) while generation g starts beside g-1 and g-1 gets SIGTERM, twice.
+    struct Failure {
+        std::string what;
+        uint16_t port = 0;
+        bool reset_no_data = false;  // reset before one byte of answer: maybe never accepted
+        double at = 0;
+    };
+    struct Tally {
+        std::atomic<long> ok[kGens] = {}, failed{0}, total{0}, after_exit{0};
+        std::atomic<bool> gone[kGens] = {};  // generation g has exited
+        std::atomic<bool> stop{false};
+        std::mutex m;
+        std::vector<Failure> failures;
+    } t;
+    t.gone[0].store(true);
+    const double t0 = now();
+    auto client = [&t, lp, t0, answered_by](int id) {
+        Deadline limit(60.0);
+        for (long i = 0; !t.stop.load() && !limit.expired() && t.total.load() < 6000; ++i) {
+            bool gone_before[kGens];
+            for (int g = 0; g < kGens; ++g) gone_before[g] = t.gone[g].load();
+            const std::string msg = "ping " + std::to_string(id) + "/" + std::to_string(i) + "\n";
+            Failure f;
+            std::string got;
+            int e = 0;
+            Fd c = connect_noting_port(kLo, lp, 10.0, &e, &f.port);  // no retry: a refusal is a failure
+            if (!c) {
+                f.what = std::string("connect: ") + std::strerror(e);
+                f.reset_no_data = e == ECONNRESET;
+            } else {
+                Io st = send_all(c.get(), msg, 10.0);
+                if (st == Io::Ok) ::shutdown(c.get(), SHUT_WR);
+                Io rs = st == Io::Ok ? recv_until_eof(c.get(), got, 10.0) : st;
+                if (st != Io::Ok) f.what = std::string("send: ") + io_name(st);
+                else if (rs != Io::Eof) f.what = std::string("recv: ") + io_name(rs) + " after '" + printable(got) + "'";
+                else if (int g = answered_by(got, msg); g < 0) f.what = "wrong answer '" + printable(got) + "'";
+                else {
+                    t.ok[g].fetch_add(1);
+                    if (gone_before[g]) t.after_exit.fetch_add(1);
+                }
+                f.reset_no_data = (st == Io::Reset || rs == Io::Reset) && got.empty();
+            }
+            t.total.fetch_add(1);
+            if (!f.what.empty()) {
+                f.at = now() - t0;
+                t.failed.fetch_add(1);
+                std::lock_guard<std::mutex> g(t.m);
+                if (t.failures.size() < 20) t.failures.push_back(f);
+            }
+        }
+    };
+    std::vector<std::thread> clients;
+    struct Joiner {  // stops and joins the clients on every way out of this test
+        Tally& t;
+        std::vector<std::thread>& th;
+        ~Joiner() {
+            t.stop.store(true);
+            for (auto& x : th)
+                if (x.joinable()) x.join();
+        }
+    } joiner{t, clients};
+    for (int id = 0; id < kThreads; ++id) clients.emplace_back(client, id);
+
+    bool warm = wait_until([&] { return t.ok[1].load() >= 200 || t.failed.load() > 10; }, 30.0);
+    struct Switch {
+        double term_at = 0, exit_at = 0;
+        long at_term = 0, at_exit = 0;
+        ExitStatus st;
+    };
+    std::vector<Switch> switches;
+    bool both_served = true, went_on = true;
+    for (int g = 2; g < kGens; ++g) {
+        gens.push_back(start_gen(g));
+        both_served = wait_until([&] { return t.ok[g].load() >= 100 || t.failed.load() > 10; }, 30.0) && both_served;
+        Switch sw;
+        sw.at_term = t.total.load();
+        sw.term_at = now() - t0;
+        REQUIRE(gens[g - 1]->send_signal(SIGTERM));
+        sw.st = gens[g - 1]->wait_exit(40.0);
+        t.gone[g - 1].store(true);
+        sw.at_exit = t.total.load();
+        sw.exit_at = now() - t0;
+        switches.push_back(sw);
+        went_on = wait_until([&] { return t.total.load() >= sw.at_exit + 300 || t.failed.load() > 10; }, 30.0) && went_on;
+    }
+    t.stop.store(true);
+    for (auto& x : clients) x.join();
+
+    // A client reset before any answer, that no balancer ever logged (-v logs every
+    // connection it accepted), during a switch, was lost in the kernel: the handshake
+    // completed in the old listening socket in the instant between the drain's last
+    // accept and its close. The book documents that gap; only the sysctl
+    // net.ipv4.tcp_migrate_req=1 closes it. Every other failure is the balancer's.
+    std::string all_logs;
+    for (auto& b : gens) all_logs += b->log();
+    std::vector<int> lost_in_kernel(switches.size(), 0);
+    int unexplained = 0;
+    std::string report;
+    for (const Failure& f : t.failures) {
+        int in = -1;
+        for (size_t k = 0; k < switches.size(); ++k)
+            if (f.at >= switches[k].term_at && f.at <= switches[k].exit_at + 2.0) in = int(k);
+        const bool logged = f.port != 0 && all_logs.find("127.0.0.1:" + std::to_string(f.port) + " -> ") != std::string::npos;
+        const bool kernel_gap = f.reset_no_data && !logged && f.port != 0 && in >= 0;
+        if (kernel_gap) lost_in_kernel[in]++;
+        else ++unexplained;
+        char at[48];
+        std::snprintf(at, sizeof at, " at %.3f s", f.at);
+        report += "  client port " + std::to_string(f.port) + ": " + f.what + at +
+                  (kernel_gap ? " (lost in the kernel's listen queue during a switch)" : "") + "\n";
+    }
+    for (size_t k = 0; k < switches.size(); ++k) {
+        char line[160];
+        std::snprintf(line, sizeof line,
+                      "  switch %zu: SIGTERM at %.3f s after %ld connections, exit (%s) seen at %.3f s after %ld\n", k + 1,
+                      switches[k].term_at, switches[k].at_term, switches[k].st.str().c_str(), switches[k].exit_at,
+                      switches[k].at_exit);
+        report += line;
+    }
+    long ok = 0;
+    for (int g = 0; g < kGens; ++g) {
+        ok += t.ok[g].load();
+        report += "  GEN" + std::to_string(g) + " answered " + std::to_string(t.ok[g].load()) + "\n";
+    }
+    INFO("connections: " << t.total.load() << ", failed " << t.failed.load() << "\n" << report);
+    CHECK(warm);
+    CHECK(both_served);
+    CHECK(went_on);
+    CHECK(t.failures.size() == size_t(t.failed.load()));
+    CHECK(unexplained == 0);
+    CHECK(ok + t.failed.load() == t.total.load());
+    CHECK(t.after_exit.load() == 0);  // no answer from a balancer that had exited
+    long gap_total = 0;
+    for (size_t k = 0; k < switches.size(); ++k) {
+        INFO("switch " << k + 1);
+        // At most one connection in flight per client thread can be in the queue.
+        CHECK(lost_in_kernel[k] <= kThreads);
+        gap_total += lost_in_kernel[k];
+    }
+    if (tcp_migrate_req_on()) {
+        CHECK(gap_total == 0);
+    } else if (gap_total > 0) {
+        WARN(gap_total << " client(s) reset by the kernel in the instant between the old balancer's last accept and "
+                          "its close (net.ipv4.tcp_migrate_req is 0; see the book, chapter Operations):\n"
+                       << report);
+    }
+    for (int g = 0; g + 1 < kGens; ++g) {
+        INFO("generation " << g);
+        if (g >= 1) CHECK(switches[size_t(g - 1)].st.str() == "exit code 0");
+        const std::string log = gens[size_t(g)]->log();
+        CHECK(log.find("SIGTERM: no longer accepting") != std::string::npos);
+        CHECK(log.find("main info: stopped") != std::string::npos);
+    }
+    CHECK(gens.back()->running());
+}
+
+TEST_CASE("without --reuseport on both, a second balancer on the same port exits 1 with one line",
+          "[integration][ops]") {
+    auto echo = Backend::make(Kind::Echo, "E");
+    const auto ports = free_ports(3);
+    REQUIRE(ports.size() == 3);
+    const uint16_t lp = ports[0], sp = ports[1], lp2 = ports[2];
+    struct Combo {
+        const char* name;
+        bool first, second;
+    };
+    for (const Combo& k : {Combo{"neither has it", false, false}, Combo{"only the first has it", true, false},
+                           Combo{"only the second has it", false, true}}) {
+        DYNAMIC_SECTION(k.name) {
+            std::vector<std::string> a1 = {listen_arg(lp), echo->address()};
+            if (k.first) a1.insert(a1.begin(), "--reuseport");
+            auto first = start_balancer(a1);
+            std::vector<std::string> a2 = {iawlb_path(), listen_arg(lp), echo->address()};
+            if (k.second) a2.insert(a2.begin() + 1, "--reuseport");
+            Process second(a2);
+            ExitStatus st = second.wait_exit(kIo);
+            const auto lines = split_lines(second.log());
+            INFO(second.log());
+            CHECK(st.str() == "exit code 1");
+            REQUIRE(lines.size() == 1);
+            CHECK(lines[0] == "iawlb: bind " + listen_arg(lp) + ": Address already in use");
+            CHECK(sanitizer_report(second.log()).empty());
+            CHECK(echo_check(kLo, lp, "the first one goes on\n") == "");
+        }
+    }
+    SECTION("the statistics address in use") {
+        Fd taken = listen_socket(kLo, sp);
+        REQUIRE(taken);
+        Process p({iawlb_path(), "--stats", listen_arg(sp), listen_arg(lp2), echo->address()});
+        ExitStatus st = p.wait_exit(kIo);
+        const auto lines = split_lines(p.log());
+        INFO(p.log());
+        CHECK(st.str() == "exit code 1");
+        REQUIRE(lines.size() == 1);
+        CHECK(lines[0] == "iawlb: bind " + listen_arg(sp) + ": Address already in use");
+    }
+}
+
+// ===========================================================================
+// 7. Bad input for every new option
+// ===========================================================================
+
+TEST_CASE("command line: malformed operations options exit 2 with one line naming the argument",
+          "[integration][ops]") {
+    const auto ports = free_ports(3);
+    REQUIRE(ports.size() == 3);
+    const std::string L = listen_arg(ports[0]), D = listen_arg(ports[1]), S = listen_arg(ports[2]);
+    struct Case {
+        std::vector<std::string> args;
+        std::string names;  // what the message must quote
+    };
+    const std::vector<Case> cases = {
+        // weights
+        {{L, D + "@0"}, "'" + D + "@0'"},
+        {{L, D + "@257"}, "'" + D + "@257'"},
+        {{L, D + "@x"}, "'" + D + "@x'"},
+        {{L, D + "@"}, "'" + D + "@'"},
+        {{L, D + "@-1"}, "'" + D + "@-1'"},
+        {{L, D + "@1.5"}, "'" + D + "@1.5'"},
+        {{L, D + "@3@3"}, "'" + D + "@3@3'"},
+        {{L, D, D + "@99999999999"}, "'" + D + "@99999999999'"},
+        {{L + "@2", D}, "'" + L + "@2'"},
+        // health checks
+        {{"--check-interval", "soon", L, D}, "'soon'"},
+        {{"--check-interval", "-1s", L, D}, "'-1s'"},
+        {{"--check-interval", "1.5s", L, D}, "'1.5s'"},
+        {{"--check-interval=", L, D}, "--check-interval"},
+        {{L, D, "--check-interval"}, "'--check-interval' needs a value"},
+        {{"--rise", "0", L, D}, "--rise: '0'"},
+        {{"--rise", "1001", L, D}, "--rise: '1001'"},
+        {{"--rise=two", L, D}, "--rise: 'two'"},
+        {{"--fall", "x", L, D}, "--fall: 'x'"},
+        {{"--fall", "0", L, D}, "--fall: '0'"},
+        // the queue limit
+        {{"--queue-max", "-1", L, D}, "--queue-max: '-1'"},
+        {{"--queue-max", "abc", L, D}, "--queue-max: 'abc'"},
+        {{"--queue-max", "", L, D}, "--queue-max: ''"},
+        {{"--queue-max", "1e3", L, D}, "--queue-max: '1e3'"},
+        // the statistics address
+        {{"--stats", "0", L, D}, "'0'"},
+        {{"--stats", "70000", L, D}, "'70000'"},
+        {{"--stats", "127.0.0.1:", L, D}, "'127.0.0.1:'"},
+        {{"--stats", "::1:9100", L, D}, "'::1:9100'"},
+        {{"--stats", "[::1", L, D}, "'[::1'"},
+        {{"--stats", "[::1]9100", L, D}, "'[::1]9100'"},
+        {{"--stats", "", L, D}, "statistics address ''"},
+        {{"--stats", "127.0.0.1:http", L, D}, "'127.0.0.1:http'"},
+        {{L, D, "--stats"}, "'--stats' needs a value"},
+        // PROXY protocol and --reuseport
+        {{"--send-proxy", "--send-proxy-v2", L, D}, "--send-proxy and --send-proxy-v2"},
+        {{"--send-proxy-v2", L, D, "--send-proxy"}, "--send-proxy and --send-proxy-v2"},
+        {{"--send-proxy=1", L, D}, "'--send-proxy' takes no value"},
+        {{"--send-proxy-v2=yes", L, D}, "'--send-proxy-v2' takes no value"},
+        {{"--reuseport=1", L, D}, "'--reuseport' takes no value"},
+        {{"--send-proxy-v3", L, D}, "unknown option '--send-proxy-v3'"},
+    };
+    int checked = 0;
+    for (const Case& k : cases) {
+        std::vector<std::string> argv = {iawlb_path()};
+        argv.insert(argv.end(), k.args.begin(), k.args.end());
+        Process p(argv);
+        ExitStatus st = p.wait_exit(kIo);
+        const std::string log = p.log();
+        const auto lines = split_lines(log);
+        INFO("command: " << p.command() << "\n" << st.str() << ", output:\n" << log);
+        CHECK(st.str() == "exit code 2");
+        CHECK(lines.size() == 1);
+        CHECK(!log.empty());
+        CHECK(log.back() == '\n');
+        CHECK(log.compare(0, 7, "iawlb: ") == 0);
+        CHECK(log.find(k.names) != std::string::npos);
+        CHECK(log.find("(see iawlb --help)") != std::string::npos);
+        CHECK(sanitizer_report(log).empty());
+        ++checked;
+    }
+    CHECK(checked == int(cases.size()));
+
+    SECTION("and the valid forms of the same options start") {
+        auto echo = Backend::make(Kind::Echo, "E");
+        auto lb = start_balancer({"--check-interval", "0", "--rise=1", "--fall", "1000", "--queue-max", "0", "--stats",
+                                  S, "--send-proxy", "--send-proxy", "--reuseport", L, echo->address() + "@256"});
+        CHECK(lb->running());
+        CHECK(lb->log().find("statistics on http://" + S + "/metrics") != std::string::npos);
+        auto m = scrape(ports[2]);
+        CHECK(value_of(m, dest_series("iawlb_destination_weight", echo->address())) == 256);
+    }
+}
