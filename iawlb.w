@@ -3153,13 +3153,19 @@ every thread (a debugger or |SIGSTOP| can still cause it), and means only
 another turn; any other failure of |poll| ends the round,
 whose unfinished probes then count as timed out.
 
+When the time is up, the sockets get one more look, without waiting. On a
+loaded machine this thread may not run for a while; a probe whose connect
+completed meanwhile has passed, and the first version, which stopped as
+soon as the time was up, counted it as timed out and could take a healthy
+destination out.
+
 @<Wait for the probes' outcomes...@>=
 FOREVER {
   bool pending = false;
   for (std::size_t i = 0; i < n; ++i) pending = pending || fds[i + 1].fd >= 0;
+  if (!pending) break;
   Time left = end - now_us();
-  if (!pending || left <= 0) break;
-  int r = poll(fds.data(), fds.size(), ms_until(end, now_us()));
+  int r = poll(fds.data(), fds.size(), left > 0 ? ms_until(end, now_us()) : 0);
   if (r < 0 && errno != EINTR) break;
   if (r > 0 && fds[0].revents) return false;
   for (std::size_t i = 0; r > 0 && i < n; ++i)
@@ -3167,6 +3173,7 @@ FOREVER {
       outcome[i] = socket_error(fds[i + 1].fd);
       fds[i + 1].fd = -1;
     }
+  if (left <= 0) break; /* that was the last look */
 }
 
 @ Each outcome goes to the pool, and a change of state to the log, in the

@@ -173,6 +173,27 @@ inline std::string resp(const std::vector<std::string>& words) {
     return s;
 }
 
+// A destination that never answers a connect: a listener with a full accept
+// queue (backlog 0, one connection that is never accepted), to which the
+// kernel drops every further SYN. Both sockets are returned, to be held for
+// the test; empty if this kernel answers anyway (then the caller skips).
+struct Blackhole {
+    Fd listener, filler;
+    uint16_t port = 0;
+    explicit operator bool() const { return port != 0; }
+};
+inline Blackhole blackhole_destination() {
+    Blackhole b;
+    b.listener = listen_socket(kLo, 0, true, /*backlog=*/0);
+    if (!b.listener) return b;
+    const uint16_t p = local_port(b.listener.get());
+    b.filler = connect_to(kLo, p, 5.0);
+    int e = 0;
+    if (!b.filler || connect_once(kLo, p, 0.5, &e) || e != ETIMEDOUT) return b;
+    b.port = p;
+    return b;
+}
+
 }  // namespace
 
 CATCH_REGISTER_LISTENER(FailureCounter)

@@ -49,6 +49,16 @@ Held open_and_read_name(uint16_t port) {
     return h;
 }
 
+// Opens n connections and keeps them in `held`; returns the answers tallied.
+std::map<std::string, int> hold(uint16_t port, int n, std::vector<Held>& held) {
+    std::map<std::string, int> counts;
+    for (int i = 0; i < n; ++i) {
+        held.push_back(open_and_read_name(port));
+        counts[held.back().answer]++;
+    }
+    return counts;
+}
+
 // Accepts one connection on a non-blocking listening socket.
 Fd accept_one(int lfd, double timeout) {
     Deadline d(timeout);
@@ -522,11 +532,7 @@ TEST_CASE("weights: DEST@3 DEST DEST share the clients 3:1:1", "[integration][op
     SECTION("leastconn, connections held open: held in proportion; a freed destination gets the next ones") {
         auto lb = start_balancer(args("leastconn"));
         std::vector<Held> held;
-        std::map<std::string, int> counts;
-        for (int i = 0; i < 50; ++i) {
-            held.push_back(open_and_read_name(lp));
-            counts[held.back().answer]++;
-        }
+        std::map<std::string, int> counts = hold(lp, 50, held);
         INFO("answers while held: " << show(counts));
         CHECK(counts["A\n"] == 30);
         CHECK(counts["B\n"] == 10);
@@ -539,11 +545,7 @@ TEST_CASE("weights: DEST@3 DEST DEST share the clients 3:1:1", "[integration][op
         for (auto& h : held)
             if (h.answer == "B\n") h.fd.reset();
         CHECK(wait_until([&] { return b->active() == 0; }, kIo));
-        std::map<std::string, int> next;
-        for (int i = 0; i < 10; ++i) {
-            held.push_back(open_and_read_name(lp));
-            next[held.back().answer]++;
-        }
+        std::map<std::string, int> next = hold(lp, 10, held);
         INFO("the 10 after B's were closed: " << show(next));
         CHECK(next["B\n"] == 10);
     }
@@ -551,11 +553,7 @@ TEST_CASE("weights: DEST@3 DEST DEST share the clients 3:1:1", "[integration][op
     SECTION("roundrobin, connections held open: the rotation ignores the load") {
         auto lb = start_balancer(args("roundrobin"));
         std::vector<Held> held;
-        std::map<std::string, int> counts;
-        for (int i = 0; i < 50; ++i) {
-            held.push_back(open_and_read_name(lp));
-            counts[held.back().answer]++;
-        }
+        std::map<std::string, int> counts = hold(lp, 50, held);
         INFO("answers while held: " << show(counts));
         CHECK(counts["A\n"] == 30);
         CHECK(counts["B\n"] == 10);
@@ -563,11 +561,7 @@ TEST_CASE("weights: DEST@3 DEST DEST share the clients 3:1:1", "[integration][op
         for (auto& h : held)
             if (h.answer == "B\n") h.fd.reset();
         CHECK(wait_until([&] { return b->active() == 0; }, kIo));
-        std::map<std::string, int> next;
-        for (int i = 0; i < 10; ++i) {
-            held.push_back(open_and_read_name(lp));
-            next[held.back().answer]++;
-        }
+        std::map<std::string, int> next = hold(lp, 10, held);
         INFO("the 10 after B's were closed: " << show(next));
         CHECK(next["A\n"] == 6);
         CHECK(next["B\n"] == 2);
@@ -746,17 +740,12 @@ TEST_CASE("queue limit (--queue-max): beyond N waiting clients, more are closed 
 // (an earlier version closed the client that had waited longest).
 TEST_CASE("queue limit (--queue-max): a waiting client's failed trial does not cost it its place",
           "[integration][ops]") {
-    // A listener with a full accept queue drops SYNs: every connect to it times out.
-    Fd blackhole = listen_socket(kLo, 0, true, /*backlog=*/0);
-    REQUIRE(blackhole);
-    const uint16_t bp = local_port(blackhole.get());
-    Fd filler = connect_to(kLo, bp, 5.0);
-    REQUIRE(filler);
-    int e = 0;
-    if (connect_once(kLo, bp, 0.5, &e) || e != ETIMEDOUT) {
+    const Blackhole hole = blackhole_destination();
+    if (!hole) {
         WARN("cannot make a destination that never answers here: test skipped");
         return;
     }
+    const uint16_t bp = hole.port;
     uint16_t lp = free_port();
     // c1's first connect times out after 2 s and it is queued (admitted); its
     // trials then take 2 s of every 2.25 s. c2 arrives in the middle of the first.
