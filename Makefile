@@ -146,12 +146,15 @@ $(BUILD)/doc/figures.stamp: doc/figures.mp
 	  || { tail -20 figures.log; exit 1; }
 	@touch $@
 
-# The performance chapter's table is typeset from the report of the run named
+# The performance chapter's tables and figures are typeset from the runs named
 # in bench/CITED, so that no number in it is typed by hand.
-BENCH_CITED := $(shell cat bench/CITED)
-$(BUILD)/doc/benchtable.tex: bench/table-to-tex.py bench/CITED $(BENCH_CITED)/report.md
+# bench/CITED names the run (line 1), the output of bench/profile.sh for this
+# version (line 2) and for the version before splice (line 3).
+BENCH_CITED := $(shell sed -n 1p bench/CITED)
+PROFILE_CITED := $(shell sed -n '2,3p' bench/CITED)
+$(BUILD)/doc/benchtable.tex: bench/table-to-tex.py bench/CITED $(BENCH_CITED)/report.md $(PROFILE_CITED)
 	@mkdir -p $(BUILD)/doc
-	python3 bench/table-to-tex.py $(BENCH_CITED)/report.md > $@
+	python3 bench/table-to-tex.py $(BENCH_CITED)/report.md $(PROFILE_CITED) > $@
 
 $(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUILD)/doc/benchtable.tex \
                         doc/seed-names.txt

@@ -3,13 +3,23 @@
 TeX for the book, so that the numbers in the book are the numbers of a run and
 are never typed by hand.
 
-    python3 bench/table-to-tex.py REPORT.md > benchtable.tex
+    python3 bench/table-to-tex.py REPORT.md [PROFILE.md] > benchtable.tex
 
 The output defines \\benchtable (the table, as a \\vbox) and \\benchdate,
 \\benchcommand, \\benchmachine and \\benchversion (from the report's header).
 Each cell shows the median, and under it the ratios to direct (d) and to
 HAProxy (h) of the same round; the spread (min-max over rounds) is left to the
 report, which the book names.
+
+So that the prose can quote a figure without typing it, every cell is also a
+macro: \\bm{ROW}{TARGET} is its median, \\bd{ROW}{TARGET} and \\bh{ROW}{TARGET}
+its ratios to direct and to HAProxy, with ROW one of the keys of ROWS below
+and TARGET a column (direct, iawlb, haproxy, nginx, pen).
+
+PROFILE.md is the output of bench/profile.sh. Its tables become
+\\pf{TARGET}{MODE}{COLUMN} (COLUMN: rate, segs, cpu, user, sys, csw, calls),
+\\pfbulk{TARGET}{rate or cpu}, and \\profiledate; EARLIER-PROFILE.md, the same
+output for an earlier version, becomes \\pfo, \\pfobulk and \\pfodate.
 """
 import re
 import sys
@@ -38,9 +48,49 @@ def cell(text):
     return r'\cell{%s%s}{%s}' % (tex(median), (' ' + marks) if marks else '', line2)
 
 
+# Row keys, by the start of a row's label in the report.
+ROWS = [('connection rate', 'conn'), ('keep-alive', 'ka'), ('latency p50', 'p50'),
+        ('latency p99', 'p99'), ('bulk, 1 download', 'bulk1'), ('bulk, 4 parallel', 'bulk4'),
+        ('memory: idle RSS', 'rss0'), ('memory: RSS with 1000', 'rss1k'),
+        ('memory: KiB per connection (N=1000)', 'kib1k'), ('memory: RSS with', 'rssN'),
+        ('memory: KiB per connection', 'kibN')]
+
+
+def define(name, value):
+    return r'\expandafter\def\csname %s\endcsname{%s}' % (name, value)
+
+
+def cell_macros(key, target, text):
+    text = text.strip()
+    m = re.match(r'^(\S+)', text)
+    out = [define('bm:%s:%s' % (key, target), tex(m.group(1)) if m else '---')]
+    for v, k in re.findall(r'×([0-9.]+)([dh])', text):
+        out.append(define('b%s:%s:%s' % (k, key, target), v))
+    return out
+
+
+def profile_macros(path, pre='pf'):
+    out = []
+    cols = ['rate', 'segs', 'cpu', 'user', 'sys', 'csw']
+    for ln in open(path, encoding='utf-8').read().splitlines():
+        m = re.match(r'^# where the time goes: ([^,]*),', ln)
+        if m:
+            out.append(r'\def\%sdate{%s}' % ('profile' if pre == 'pf' else pre, tex(m.group(1))))
+        c = [x.strip() for x in ln.strip().strip('|').split('|')] if ln.startswith('|') else []
+        if len(c) == 8 and c[1] in ('close', 'keepalive'):
+            for name, v in zip(cols, c[2:]):
+                out.append(define('%s:%s:%s:%s' % (pre, c[0], c[1], name), tex(v)))
+        elif len(c) == 3 and c[1] in ('close', 'keepalive'):
+            out.append(define('%s:%s:%s:calls' % (pre, c[0], c[1]), tex(c[2].split()[0])))
+        elif len(c) == 3 and re.match(r'^[0-9]', c[1]):
+            out.append(define('%sbulk:%s:rate' % (pre, c[0]), tex(c[1])))
+            out.append(define('%sbulk:%s:cpu' % (pre, c[0]), tex(c[2])))
+    return out
+
+
 def main():
-    if len(sys.argv) != 2:
-        sys.exit('usage: table-to-tex.py REPORT.md')
+    if len(sys.argv) not in (2, 3, 4):
+        sys.exit('usage: table-to-tex.py REPORT.md [PROFILE.md [EARLIER-PROFILE.md]]')
     lines = open(sys.argv[1], encoding='utf-8').read().splitlines()
     head = {}
     for ln in lines:
@@ -70,6 +120,24 @@ def main():
         out.append(tex(cells[0]) + '&' + '&'.join(cell(c) for c in cells[1:])
                    + r'\cr\noalign{\smallskip}')
     out.append(r'\noalign{\hrule}}}}')
+    targets = [t.lower() for t in titles[1:]]
+    for ln in rows[2:]:
+        cells = [c.strip() for c in ln.strip('|').split('|')]
+        key = next((k for prefix, k in ROWS if cells[0].startswith(prefix)), None)
+        if key:
+            for target, c in zip(targets, cells[1:]):
+                out += cell_macros(key, target, c)
+    out.append(r'\def\bm#1#2{\csname bm:#1:#2\endcsname}')
+    out.append(r'\def\bd#1#2{\csname bd:#1:#2\endcsname}')
+    out.append(r'\def\bh#1#2{\csname bh:#1:#2\endcsname}')
+    if len(sys.argv) == 3:
+        out += profile_macros(sys.argv[2])
+        out.append(r'\def\pf#1#2#3{\csname pf:#1:#2:#3\endcsname}')
+        out.append(r'\def\pfbulk#1#2{\csname pfbulk:#1:#2\endcsname}')
+    if len(sys.argv) == 4:
+        out += profile_macros(sys.argv[3], 'pfo')
+        out.append(r'\def\pfo#1#2#3{\csname pfo:#1:#2:#3\endcsname}')
+        out.append(r'\def\pfobulk#1#2{\csname pfobulk:#1:#2\endcsname}')
     print('\n'.join(out))
 
 
