@@ -17,7 +17,8 @@ its ratios to direct and to HAProxy, with ROW one of the keys of ROWS below
 and TARGET a column (direct, iawlb, haproxy, nginx, pen).
 
 PROFILE.md is the output of bench/profile.sh. Its tables become
-\\pf{TARGET}{MODE}{COLUMN} (COLUMN: rate, segs, cpu, user, sys, csw, calls),
+\\pf{TARGET}{MODE}{COLUMN} (COLUMN: rate, segs, cpu, user, sys, csw, calls, and callsby: the calls
+by name),
 \\pfbulk{TARGET}{rate or cpu}, and \\profiledate; EARLIER-PROFILE.md, the same
 output for an earlier version, becomes \\pfo, \\pfobulk and \\pfodate.
 """
@@ -82,6 +83,8 @@ def profile_macros(path, pre='pf'):
                 out.append(define('%s:%s:%s:%s' % (pre, c[0], c[1], name), tex(v)))
         elif len(c) == 3 and c[1] in ('close', 'keepalive'):
             out.append(define('%s:%s:%s:calls' % (pre, c[0], c[1]), tex(c[2].split()[0])))
+            detail = re.search(r'\((.*)\)', c[2])
+            out.append(define('%s:%s:%s:callsby' % (pre, c[0], c[1]), tex(detail.group(1) if detail else '')))
         elif len(c) == 3 and re.match(r'^[0-9]', c[1]):
             out.append(define('%sbulk:%s:rate' % (pre, c[0]), tex(c[1])))
             out.append(define('%sbulk:%s:cpu' % (pre, c[0]), tex(c[2])))
@@ -130,7 +133,7 @@ def main():
     out.append(r'\def\bm#1#2{\csname bm:#1:#2\endcsname}')
     out.append(r'\def\bd#1#2{\csname bd:#1:#2\endcsname}')
     out.append(r'\def\bh#1#2{\csname bh:#1:#2\endcsname}')
-    if len(sys.argv) == 3:
+    if len(sys.argv) >= 3:
         out += profile_macros(sys.argv[2])
         out.append(r'\def\pf#1#2#3{\csname pf:#1:#2:#3\endcsname}')
         out.append(r'\def\pfbulk#1#2{\csname pfbulk:#1:#2\endcsname}')
