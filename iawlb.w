@@ -1914,10 +1914,11 @@ server. Then try it. Which integration test fails?
 download of a 1\,GiB file through the balancer for each. Plot throughput
 against buffer size. Where does the curve flatten, and
 why does memory per idle connection not change?
-\item{3.} Linux can move bytes between two sockets without copying them
-through user memory: |splice| from the source socket into a pipe and from the
-pipe to the destination socket. Sketch the changes to |Half|. What happens to
-memory per idle connection if each connection keeps its two pipes open?
+\item{3.} A half turns |bulk| after one full read. Make it wait for
+4\,MiB instead, and measure with \.{strace -c} a 1\,MiB download and a
+1\,GiB one through the balancer. Then let every connection keep its two
+pipes from the start: what happens to descriptors and to the connection
+limit (|pipe_budget|)?
 \item{4.} Our relay reads only when the window is empty. Let it read into the
 free end of the buffer while the window is not empty. Does it move bytes
 faster? Does backpressure still hold?
@@ -4850,7 +4851,7 @@ granted.
 failures are sorted and handled where it is made: |send| and |recv| in
 |relay|, |connect| in |start_connect|, |accept4| in |accept_clients|.
 \item{2.} ``Nor with signaling from the user, e.g.\ to exit gracefully.''
-Chapter Signals and graceful end.
+Chapter {\sl Signals and graceful end}.
 \item{3.} ``Threads can exit/terminate and they won't be recreated, so that
 certain destination addresses won't receive requests anymore.'' Workers no
 longer belong to a destination and never exit on a destination's failure; the
@@ -4883,8 +4884,8 @@ nginx and pen on one machine, and says where the time goes.
 
 @ {\it Keeping the wishes granted.} IAWLB had no tests; its author tried it
 by hand, which is how a program comes to almost work. This one is checked by
-\.{make check-all} (|@<Write the usage text@>| lists the program's options;
-section~2 the commands), in layers that each catch what the others miss:
+\.{make check-all} (section~2), in layers that each catch what the others
+miss:
 
 \smallskip
 \item{$\bullet$} unit tests of the pure parts: the \&{SyncedList}, the parsers,
@@ -4900,7 +4901,7 @@ ThreadSanitizer, which report a bad memory access or a data race even when
 the test itself passes;
 \item{$\bullet$} the fuzzers of the address parser and of |parse_args|
 (\.{make fuzz}), which check properties, not only crashes, and found the
-multi-line messages of |printable|'s section;
+messages that spanned several lines (|printable|);
 \item{$\bullet$} a soak (\.{make soak}), a seeded random mix of clients for
 ten minutes while destinations are killed and restarted, which checks every
 byte, every error, and the balancer's descriptors, threads and memory.
