@@ -1824,7 +1824,11 @@ if (n < 0) {
 }
 h.pipe.held -= std::uint32_t(n);
 
-@ @<Splice from |src| into the pipe...@>=
+@ The splice from the source mirrors |recv|: bytes fill the pipe and count
+against the round's budget, zero is the end of the stream, and only
+|EAGAIN| says that the socket is empty for now.
+
+@<Splice from |src| into the pipe...@>=
 ssize_t n = splice(src.fd.get(), nullptr, h.pipe.wr.get(), nullptr, buffer_size,
   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 if (n > 0) {
