@@ -264,23 +264,36 @@ private:
 };
 Registry g_registry;
 
-// When backends were killed.
+// When backends were killed. A kill is an interval, not an instant: it starts when
+// the main thread decides (before any socket goes) and ends when the backend's
+// listening socket is closed, which is when the kernel resets the connections in its
+// backlog. A connection that the balancer made to the backend inside that interval,
+// and that no backend thread ever claimed, is reset by the kill; with the kill
+// recorded as its first instant only, such a session that began a moment after that
+// instant was counted as an error while a healthy destination existed (a TSan run,
+// where the interval lasts longest, met it).
 class KillLog {
 public:
-    void add(double t) {
+    size_t begin(double t) {
         std::lock_guard<std::mutex> lock(m_);
-        times_.push_back(t);
+        kills_.push_back({t, 1e300});
+        return kills_.size() - 1;
     }
+    void end(size_t i, double t) {
+        std::lock_guard<std::mutex> lock(m_);
+        kills_[i].second = t;
+    }
+    // Whether some kill overlapped the time from a to b.
     bool any_between(double a, double b) {
         std::lock_guard<std::mutex> lock(m_);
-        for (double t : times_)
-            if (t >= a && t <= b) return true;
+        for (auto& k : kills_)
+            if (k.first <= b && k.second >= a) return true;
         return false;
     }
 
 private:
     std::mutex m_;
-    std::vector<double> times_;
+    std::vector<std::pair<double, double>> kills_;
 };
 KillLog g_kills;
 
@@ -338,15 +351,16 @@ public:
     // sockets (FIN, or a reset where unread bytes remain).
     void kill(bool reset) {
         if (!life_) return;
-        g_kills.add(now());  // before any socket goes, so that a failure it causes comes after
+        size_t k = g_kills.begin(now());  // before any socket goes
         life_->reset.store(reset);
         life_->killed.store(true);
         uint64_t one = 1;
         ssize_t r = ::write(life_->wake.get(), &one, sizeof one);
         (void)r;
-        life_->acceptor.join();
+        life_->acceptor.join();  // the listener, and then every connection, are closed
         life_.reset();
         killed_at_ = now();
+        g_kills.end(k, killed_at_);
     }
 
 private:
