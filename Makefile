@@ -82,7 +82,7 @@ $(BUILD)/test_unit: tests/test_unit.cpp $(BUILD)/iawlb.o $(BUILD)/iawlb.hpp $(BU
 	$(CXX) $(TEST_FLAGS) tests/test_unit.cpp $(BUILD)/iawlb.o -o $@ $(LDFLAGS) -lCatch2WithMain
 
 # The integration suites start the real binary; each is tests/test_NAME.cpp.
-INTEGRATION := integration hostile ops
+INTEGRATION := integration hostile ops edges
 
 $(BUILD)/test_%: tests/test_%.cpp tests/harness.hpp tests/balancer.hpp
 	$(CXX) $(TEST_FLAGS) $< -o $@ $(LDFLAGS) -lCatch2WithMain

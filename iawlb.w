@@ -507,10 +507,13 @@ bind while connections of the previous one linger in \.{TIME\_WAIT};
 \item{$\bullet$} |IPV6_V6ONLY| off on the wildcard IPv6 socket, as said above;
 \item{$\bullet$} |SO_REUSEPORT| with \.{--reuseport}, for a restart without
 a gap (chapter {\sl Operations});
+\item{$\bullet$} |SO_OOBINLINE|, so that TCP's urgent byte stays in the
+stream (|@<Make sure a splice...@>|);
 \item{$\bullet$} |TCP_NODELAY|. Nagle's algorithm holds back small segments
 while an earlier one is unacknowledged; in a relay that adds a round trip of
 delay to every small reply. Linux copies this option from a listening socket
-to the sockets |accept| returns, so one call here covers every client.
+to the sockets |accept| returns, so one call here covers every client; it
+copies |SO_OOBINLINE| too.
 @^Linux dependencies@>
 \smallskip
 
@@ -532,6 +535,7 @@ unique_fd open_listener(const SockAddr &a, bool must, bool reuseport)
   int yes = 1, no = 0;
   setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
   setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+  setsockopt(fd.get(), SOL_SOCKET, SO_OOBINLINE, &yes, sizeof yes);
   if (reuseport) setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &yes, sizeof yes);
   if (a.sa.sa_family == AF_INET6)
     setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &no, sizeof no);
@@ -1050,7 +1054,7 @@ a |Connection| is aligned to 8 bytes.
 bool watch(Connection &c, Peer &p, std::uintptr_t side)
 {
   epoll_event ev = epoll_event();
-  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLPRI | EPOLLET;
   ev.data.u64 = reinterpret_cast<std::uintptr_t>(&c) | side;
   return epoll_ctl(ep.get(), EPOLL_CTL_ADD, p.fd.get(), &ev) == 0;
 }
@@ -1060,8 +1064,9 @@ names a connection and a side; a connection already closed in this round is
 skipped, as explained above. The readiness is noted first, whatever the
 state; what to do with it depends on the state.
 
-An error or a hang-up (|EPOLLERR|, |EPOLLHUP|) marks the socket readable {\it
-and} writable, and |hup|: the next |recv| or |send| will return the error (or
+|EPOLLPRI| announces urgent data, which changes how the socket is read from
+then on (|urgent|, |@<Make sure a splice...@>|). An error or a hang-up
+(|EPOLLERR|, |EPOLLHUP|) marks the socket readable {\it and} writable, and |hup|: the next |recv| or |send| will return the error (or
 the last bytes and then the end of the stream), and the relay deals with it
 there, in one place, rather than here.
 
@@ -1078,6 +1083,7 @@ void handle(const epoll_event &ev)
   if (ev.events & EPOLLIN) p.readable = true;
   if (ev.events & EPOLLRDHUP) p.readable = p.rdhup = true;
   if (ev.events & EPOLLOUT) p.writable = true;
+  if (ev.events & EPOLLPRI) p.readable = p.urgent = true;
   @<Act on the event according to |c.state|@>@;
 }
 
@@ -1435,8 +1441,8 @@ closes both sockets, the other one with a reset (|finish|).
 
 @ A |Peer| is one socket with what the worker knows about it: whether it may
 be readable or writable (the edge-triggered flags
-described with |watch|), and whether the peer has announced
-the end of its stream with |EPOLLRDHUP|.
+described with |watch|), whether the peer has announced
+the end of its stream with |EPOLLRDHUP|, and whether it has sent urgent data.
 
 @<Peers and halves@>=
 struct Peer {@/
@@ -1444,6 +1450,8 @@ struct Peer {@/
   bool readable = false, writable = false;@/
   bool rdhup = false; /* the peer's FIN has been processed (|EPOLLRDHUP|) */
   bool hup = false; /* an error or hang-up was reported: read until |recv| says which */
+  bool urgent = false; /* urgent data was announced (|EPOLLPRI|): read with |recv| until |EAGAIN| */
+  bool gone = false; /* a |send| to it failed: only its last bytes are left to read */
 };
 
 @ A |Half| is one direction. Its buffer is null while no byte is in flight:
@@ -1615,26 +1623,95 @@ the ready list to continue in the next round.
 void pump(Connection &c)
 {
   std::uint64_t before = c.up.bytes + c.down.bytes;
-  Flow up = relay(c, c.up, c.down, c.client, c.server);
-  if (up == Flow::src_error || up == Flow::dst_error) {
-    finish(c, up == Flow::src_error ? End::client_error : End::server_error);
+  Flow up = c.server.gone ? Flow::idle : relay(c, c.up, c.down, c.client, c.server);
+  if (up == Flow::src_error) {
+    finish(c, End::client_error);
     return;
   }
+  if (up == Flow::dst_error) @<Note that the server is gone; its last bytes are still to be read@>@;
   Flow down = relay(c, c.down, c.up, c.server, c.client);
   if (down == Flow::src_error || down == Flow::dst_error) {
     finish(c, down == Flow::src_error ? End::server_error : End::client_error);
     return;
   }
-  if (c.up.shut && c.down.shut) {
-    finish(c, End::done);
-    return;
-  }
+  @<Finish |c| and |return| if both directions are over, or if a side has gone@>@;
   if (c.up.bytes + c.down.bytes != before) {
     touch(c);
     count_bytes(c);
   }
   if ((up == Flow::more || down == Flow::more) && !List<Connection, ReadyTag>::linked(&c))
     ready.push_back(&c);
+}
+
+@ {\it A server's early answer.} A server may answer before it has read
+the whole request, and close: an HTTP server that refuses an upload
+(\.{413 Payload Too Large}, \.{401}, a redirect) sends its answer while the
+client is still sending, and closes with the rest of the upload unread,
+which makes its kernel reset the connection. A client connected to it
+directly reads the answer first and the reset after it, because TCP keeps
+the bytes received before a reset readable. The first version of |pump|
+ended the connection at the first failed |send| to the server: a reset for
+the client, and the answer, still unread in the server socket's receive
+queue, was lost. In the review's test 11 of 20 such clients saw only the
+reset; the test ``an early answer'' in \.{tests/test\_edges.cpp} repeats it.
+@^IAWLB, departures from@>
+
+Now a failed |send| to the server marks it |gone|: nothing more is sent to
+it, and the client's bytes stay in the kernel; but the downward half goes on
+reading what the server sent before it went, and delivers it. It reads until
+|recv| reports the reset, or returns~0, which is what it returns once the
+failed |send| has consumed the error. Either way the stream did not end
+cleanly, so that end is {\it not} forwarded as a FIN; the connection then
+ends as the server's error, and the client is reset after the answer,
+exactly as it would be directly.
+
+@<Note that the server is gone...@>=
+{
+  c.server.gone = true;
+  c.server.readable = true; /* its receive queue may still hold an answer */
+}
+
+@ A connection is over when both directions have forwarded their ends, or
+when a gone server has nothing left to deliver. One more case needs a look
+of its own: a side that {\it hangs up after its end of stream}. A client
+that half-closes and then resets, say, reports |EPOLLERR| on a socket from
+which its half will never read again, since it has read the end already;
+the first version noticed the reset only when the other direction next
+wrote to that socket, so a silent server held the connection, for ever
+with \.{--idle-timeout 0}. So when a socket whose stream has ended reports
+an error or a hang-up, |hung_up| asks it for its pending error with
+|SO_ERROR|; an error ends the connection. A hang-up without an error is
+the normal one: that socket has been shut down in both directions, and the
+connection ends by the ordinary rule once the other half has delivered the
+rest. The flag is cleared, so the question is asked once per report.
+
+@<Finish |c| and |return| if both directions are over, or if a side has gone@>=
+if (c.up.shut && c.down.shut) {
+  finish(c, End::done);
+  return;
+}
+if (c.server.gone && c.down.eof && c.down.empty()) {
+  finish(c, End::server_error);
+  return;
+}
+if (hung_up(c, c.client, c.up)) {
+  finish(c, End::client_error);
+  return;
+}
+if (hung_up(c, c.server, c.down)) {
+  finish(c, End::server_error);
+  return;
+}
+
+@ @<Members of |Worker|@>=
+bool hung_up(Connection &c, Peer &p, const Half &from)
+{
+  if (!p.hup || !from.eof) return false;
+  p.hup = false;
+  int err = socket_error(p.fd.get());
+  if (err == 0) return false;
+  c.error = err;
+  return true;
 }
 
 @ The statistics (chapter {\sl Operations}) show the bytes each destination
@@ -1685,7 +1762,7 @@ Flow relay(Connection &c, Half &h, const Half &other, Peer &src, Peer &dst)
     }
     else if (h.eof || !src.readable) break;
     else if (budget == 0) return Flow::more;
-    else if (h.bulk && (h.pipe.rd || pipes.take(h.pipe, shared.pipes_per_worker))) {
+    else if (h.bulk && !src.urgent && (h.pipe.rd || pipes.take(h.pipe, shared.pipes_per_worker))) {
       @<Splice from |src| into the pipe of |h|; |break| if nothing is there, |return| on error@>@;
     }
     else {
@@ -1771,7 +1848,7 @@ if (n > 0) {
   h.bytes += std::uint64_t(n);
   budget -= std::min(budget, std::size_t(n));
   if (std::size_t(n) == buffer_size) h.bulk = true;
-  else if (!src.hup) {
+  else if (!src.hup && !src.urgent) {
     if (src.rdhup) h.eof = true;
     else src.readable = false;
   }
@@ -1836,7 +1913,10 @@ if (n > 0) {
   h.bytes += std::uint64_t(n);
   budget -= std::min(budget, std::size_t(n));
 }
-else if (n == 0) h.eof = true;
+else if (n == 0) {
+  @<Make sure a splice that returned 0 met the end of the stream; |continue| if it met urgent data@>@;
+  h.eof = true;
+}
 else if (errno == EINTR) continue;
 else if (errno == EAGAIN || errno == EWOULDBLOCK) {
   src.readable = false;
@@ -1845,6 +1925,60 @@ else if (errno == EAGAIN || errno == EWOULDBLOCK) {
 else {
   c.error = errno;
   return Flow::src_error;
+}
+
+@ {\it Urgent data.} TCP lets a sender mark one byte of its stream as
+{\it urgent}, with |send(..., MSG_OOB)|; telnet's interrupt and FTP's
+\.{ABOR} use it, and any peer may send one, on purpose or not. The receiving
+kernel remembers where that byte is, the {\it mark}, and reading stops there:
+|recv| returns the bytes before the mark and no more, however many have
+arrived behind it, and |splice| cannot pass the mark at all: there it
+returns |EAGAIN|, or 0 once the peer's FIN has arrived too.
+@^urgent data@>
+@^IAWLB, departures from@>
+
+The first version of the relay read those results as they mean everywhere
+else. A splice of 0 was the end of the stream; a short |recv| after the FIN
+was the end of the stream; a short |recv| before it meant ``empty'', and the
+bytes behind the mark waited for an edge that had come already. A review
+found it: a client that sent 1000 bytes, one urgent byte, 1000 bytes and
+its FIN got the first 1000 bytes to the destination, then a clean end; a
+server that did the same in the middle of a 16\,MiB download had its client
+see a clean end with 100,000 bytes missing. The test ``urgent data'' in
+\.{tests/test\_edges.cpp} sends both.
+
+The balancer now keeps urgent data {\it inline}. Every socket has
+|SO_OOBINLINE| (set on the listener, which passes it to the accepted
+sockets, and on each server socket in |start_connect|), so that the urgent
+byte is an ordinary byte of the stream, in its place; without the option,
+|recv| skips it and keeps it for a |recv| with |MSG_OOB|, and the stream
+would lose a byte. So every byte is forwarded once and in order, the urgent
+one included; what is not forwarded is the urgency: the destination gets
+that byte as ordinary data. The kernel announces urgent data with
+|EPOLLPRI|, and |handle| marks the peer |urgent| for the rest of the
+connection (it is rare, and nothing cheap says when the mark is passed).
+From then on, a half never splices from that source, and never takes a
+short read for ``empty'' or for the end: it reads until |recv| itself says
+|EAGAIN| or~0. A |recv| that starts at the mark reads through it, so the
+read after the short one returns the rest.
+
+@ One race is left. The urgent byte may arrive while a half is splicing,
+after the |epoll_wait| whose events this round handles; its |EPOLLPRI| then
+waits for the next round. The splice meanwhile stops at the mark. If it
+says |EAGAIN|, that is harmless: the waiting event brings the half back,
+urgent this time. If it returns~0 because the FIN is there as well, that
+would look like the end once more. So a splice that returns~0 is checked
+with a |recv| of one byte with |MSG_PEEK|, which looks without taking: 0
+confirms the end; anything else means that bytes remain beyond a mark,
+and the half goes on with |recv|. (An error goes the same way and is then
+reported by that |recv|.) This costs one system call per spliced stream,
+at its end.
+
+@<Make sure a splice that returned 0 met the end of the stream; |continue| if it met urgent data@>=
+char next;
+if (recv(src.fd.get(), &next, 1, MSG_PEEK | MSG_DONTWAIT) != 0) {
+  src.urgent = true;
+  continue;
 }
 
 @ When the window is empty its buffer goes back to the pool, and so does
@@ -1864,6 +1998,10 @@ today's version). Nothing is lost by closing instead: both
 sources have ended their streams, so no unread byte is left in either
 receive queue, which is the case in which |close| would send a reset.
 
+The end of a source that is |gone| is not forwarded: a server that failed a
+|send| ended with a reset, and its client must not see a clean end
+(|@<Note that the server is gone...@>|).
+
 |shutdown| can fail with |ENOTCONN| if the destination has just reset the
 connection. We ignore that: the reset will be reported on the next event of
 that socket, and handled there.
@@ -1871,7 +2009,7 @@ that socket, and handled there.
 @<Give back an empty buffer...@>=
 if (h.head == h.tail) buffers.give(h.buf);
 if (h.pipe.held == 0) pipes.give(h.pipe);
-if (h.eof && h.empty() && !h.shut) {
+if (h.eof && h.empty() && !h.shut && !src.gone) {
   if (!other.shut) shutdown(dst.fd.get(), SHUT_WR);
   h.shut = true;
 }
@@ -2346,12 +2484,15 @@ void start_connect(Connection &c, int d)
   c.server.fd.reset(fd);
   int yes = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &yes, sizeof yes);
+  setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &yes, sizeof yes);
   c.dest = d;
   set_state(c, State::connecting);
   c.key = now;
   connecting.push_back(&c);
-  if (connect(fd, &to.sa, to.len) < 0 && errno != EINPROGRESS && errno != EINTR)
-    connect_failed(c, errno);
+  if (connect(fd, &to.sa, to.len) < 0 && errno != EINPROGRESS && errno != EINTR) {
+    if (local_shortage(errno)) wait_for_resources(c, d, errno);
+    else connect_failed(c, errno);
+  }
   else if (!watch(c, c.server, 1)) wait_for_resources(c, d, errno);
 }
 
@@ -2364,6 +2505,19 @@ worker tries again in 100\,ms, by which time connections may have ended and
 freed descriptors. The warning is logged once per episode, not once per
 client. The caller passes |errno| as an argument, so it is read before
 |abandon| takes the pool's lock and no later call can overwrite it.
+
+|connect| itself can run short of something local: |EADDRNOTAVAIL| says
+that no local port is free for this destination (every port of
+\.{net.ipv4.ip\_local\_port\_range} is in use towards it), and
+|ENOBUFS|, |ENOMEM| and |EAGAIN| that the kernel lacks memory or routing
+entries. None of these says anything about the destination, and the first
+version treated them as its failure: at the end of the local ports, a
+healthy destination was marked down, and with one destination every client
+then waited for its backoff. The review met it; the test ``local ports run
+out'' in \.{tests/test\_edges.cpp} narrows the port range in a network
+namespace of its own. They now go the same way as |EMFILE|.
+@^IAWLB, departures from@>
+@^local ports@>
 @.out of resources@>
 
 @<Members of |Worker|@>=
@@ -2378,6 +2532,10 @@ void wait_for_resources(Connection &c, int d, int err)
   retry_at = now + 100 * msec;
 }
 bool short_of_resources = false;
+static bool local_shortage(int err)
+{
+  return err == EADDRNOTAVAIL || err == ENOBUFS || err == ENOMEM || err == EAGAIN;
+}
 
 @ When the server socket reports, an error means the connect failed; the
 error itself is read with |getsockopt(SO_ERROR)|. Otherwise |EPOLLOUT| means
@@ -2580,6 +2738,8 @@ std::size_t next_worker = 0; /* where the next scan for a worker starts */
 Time now = 0;
 Time paused_until = 0; /* no |accept4| before this, after |EMFILE| */
 Time grace_end = forever; /* when draining must give way to aborting */
+bool closing = false; /* a signal came: only the clients already in the backlog are accepted */
+std::size_t backlog_left = 0; /* how many of those are still to be accepted */
 bool accept_failing = false;
 @<Balancer start-up@>@;
 
@@ -2595,7 +2755,7 @@ int serve()
 {
   FOREVER {
     now = now_us();
-    bool accepting = listener && shared.phase == Phase::running && shared.active < shared.max_conn@|
+    bool accepting = listener && (!closing || backlog_left > 0) && shared.active < shared.max_conn@|
       && now >= paused_until;
     pollfd fds[3];
     watch_in(fds[0], signals.get());
@@ -2631,7 +2791,7 @@ int poll_timeout() const
 {
   Time t = forever;
   if (paused_until > now) t = paused_until;
-  if (shared.phase == Phase::draining) t = std::min(t, grace_end);
+  if (closing) t = std::min(t, grace_end);
   return ms_until(t, now);
 }
 
@@ -2656,7 +2816,7 @@ so that no descriptor leaks into a program the balancer might ever start.
 @<Members of |Balancer|@>=
 void accept_clients()
 {
-  while (shared.active < shared.max_conn) {
+  while (listener && shared.active < shared.max_conn && (!closing || backlog_left > 0)) {
     Accepted a;
     socklen_t len = sizeof a.from.in6;
     int fd = accept4(listener.get(), &a.from.sa, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -2665,6 +2825,7 @@ void accept_clients()
     }
     a.fd.reset(fd);
     a.from.len = len;
+    if (closing) --backlog_left;
     ++shared.active;
     ++shared.accepted;
     Worker &w = choose_worker();
@@ -2698,7 +2859,10 @@ listening socket is not what we think: a bug. It throws.
 
 @<Decide what a failed |accept4| means...@>=
 int err = errno;
-if (err == EAGAIN || err == EWOULDBLOCK) break;
+if (err == EAGAIN || err == EWOULDBLOCK) {
+  if (closing) backlog_left = 0; /* the rest gave up waiting */
+  break;
+}
 if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
   if (!accept_failing)
     Log(Level::warn, "accept4: %s; pausing new clients", std::strerror(err));
@@ -2822,11 +2986,13 @@ if (!signals || !shared.wake) throw sys_error("signalfd or eventfd");
 
 \smallskip
 \item{1.} The first |SIGTERM| or |SIGINT| arrives; the acceptor reads it.
-\item{2.} The acceptor accepts the clients whose handshake is complete,
-which the kernel would otherwise reset, and closes the listening socket. New
-clients are refused by the kernel from this instant; a load balancer in front
-of ours, a client's retry, or a new balancer started with \.{--reuseport}
-(chapter {\sl Operations}) sends them elsewhere.
+\item{2.} The acceptor stops the backlog from growing, counts the clients
+waiting in it, and accepts them, as places become free if the balancer is at
+its connection limit (|@<Close the backlog...@>|). When the last of them is
+accepted, it closes the listening socket. New clients are not taken from the
+first instant of this step; a load balancer in front of ours, a client's
+retry, or a new balancer started with \.{--reuseport} (chapter {\sl
+Operations}) sends them elsewhere.
 \item{3.} The acceptor closes every worker's inbox, then sets the phase to
 |draining|, then wakes every worker. (The order matters:
 |on_wake| in chapter {\sl Workers}.)
@@ -2837,8 +3003,9 @@ returns, after telling the acceptor.
 (\.{--grace}, 30\,s by default). When all have returned, it joins them, logs
 what each destination served, and returns~0.
 \item{6.} If the grace period runs out, or a second signal arrives, the
-acceptor sets the phase to |aborting| and wakes the workers, which close all
-their connections at once and return; then step~5 ends as before.
+acceptor closes the listener if step~2 has not, sets the phase to |aborting|
+and wakes the workers, which close all their connections at once and
+return; then step~5 ends as before.
 \smallskip
 @.no longer accepting@>
 
@@ -2848,20 +3015,60 @@ void take_signals()
   signalfd_siginfo si;
   while (read(signals.get(), &si, sizeof si) == ssize_t(sizeof si)) {
     const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
-    if (shared.phase == Phase::running) begin_drain(name);
+    if (!closing) begin_drain(name);
     else abort_connections(name);
   }
 }
 void begin_drain(const char *why)
 {
+  closing = true;
+  grace_end = now + shared.cfg.grace;
+  @<Close the backlog to new clients and count those in it@>@;
+  Log(Level::info, "%s: no longer accepting; %zu clients waiting in the backlog, "@|
+    "%zu connections open, %s to finish", why, backlog_left, shared.active.load(),
+    format_duration(shared.cfg.grace).c_str());
   accept_clients();
+}
+void close_listener()
+{
   listener.reset();
   for (@[auto &w@,:@,workers@]) w->inbox.close();
   shared.phase = Phase::draining;
   for (@[auto &w@,:@,workers@]) w->notify();
-  grace_end = now + shared.cfg.grace;
-  Log(Level::info, "%s: no longer accepting; %zu connections open, %s to finish", why,
-    shared.active.load(), format_duration(shared.cfg.grace).c_str());
+}
+
+@ {\it The clients in the backlog.} Clients whose handshake the kernel
+completed before the signal are waiting in the listener's queue, and the
+kernel resets them when the listener closes; so the drain accepts them
+first. The first version accepted what it could at once and then closed the
+listener. At the connection limit that was nothing: the clients in the
+backlog, which the book and the manual promise to serve, were reset. The
+review found it; the test ``SIGTERM at \.{--max-conn}'' in
+\.{tests/test\_edges.cpp} holds both places and has three clients wait.
+@^IAWLB, departures from@>
+@^backlog@>
+
+To serve them, the listener must stay open until they are accepted, and
+the backlog must stop taking newcomers meanwhile, or the drain would never
+end under load. Calling |listen| again on a listening socket sets its
+backlog, and with a backlog of~0 Linux takes no new connection into a queue
+that is not empty: their SYNs are dropped, and the clients send them again a
+second later, by when the listener is closed and they are refused (or taken
+by another balancer with \.{--reuseport}). The number of clients in the queue
+is |tcpi_unacked| in the |TCP_INFO| of a listening socket, which Linux fills
+with the queue's length. The acceptor accepts exactly that many, in
+|accept_clients|, as the connection limit allows, and then closes the
+listener; should |getsockopt| fail, it accepts until the queue is empty.
+@^Linux dependencies@>
+
+@<Close the backlog to new clients and count those in it@>=
+backlog_left = 0;
+if (listener) {
+  listen(listener.get(), 0);
+  tcp_info ti = tcp_info();
+  socklen_t len = sizeof ti;
+  backlog_left = getsockopt(listener.get(), IPPROTO_TCP, TCP_INFO, &ti, &len) == 0 ? ti.tcpi_unacked
+    : std::numeric_limits<std::size_t>::max();
 }
 
 @ Aborting is the last resort, reached from the loop below or by a second
@@ -2871,6 +3078,7 @@ signal; it is idempotent, so a third signal changes nothing.
 void abort_connections(const char *why)
 {
   if (shared.phase == Phase::aborting) return;
+  if (listener) close_listener();
   shared.phase = Phase::aborting;
   for (@[auto &w@,:@,workers@]) w->notify();
   grace_end = forever;
@@ -2883,11 +3091,12 @@ same way, at once, with status~1: one worker fewer would leave its clients
 unserved, and a bug is better reported than hidden.
 
 @<Follow the graceful end...@>=
-if (shared.failed && shared.phase == Phase::running) {
+if (shared.failed && !closing) {
   begin_drain("a worker failed");
   abort_connections("a worker failed");
 }
-if (shared.phase == Phase::draining && now >= grace_end) abort_connections("grace period over");
+if (closing && listener && backlog_left == 0) close_listener();
+if (closing && now >= grace_end) abort_connections("grace period over");
 if (shared.phase != Phase::running && shared.workers_done == workers.size()) return finish_up();
 
 @ The last words of the balancer: what each destination did.
@@ -3136,7 +3345,8 @@ bool probe_all()
 }
 
 @ A connect that fails at once has its outcome already, and a probe whose
-socket could not be created gets the mark $-2$, ``no outcome''. The |pollfd|
+socket could not be created, or whose |connect| met a local shortage (no
+free local port, say), gets the mark $-2$, ``no outcome''. The |pollfd|
 array keeps destination order, |fds[i+1]| for destination~|i|; a probe that
 is not under way gets the descriptor $-1$, which |poll| skips.
 
@@ -3146,7 +3356,8 @@ is not under way gets the descriptor $-1$, which |poll| skips.
   socks[i].reset(socket(a.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!socks[i]) outcome[i] = -2;
   else if (connect(socks[i].get(), &a.sa, a.len) == 0) outcome[i] = 0;
-  else if (errno != EINPROGRESS && errno != EINTR) outcome[i] = errno;
+  else if (errno != EINPROGRESS && errno != EINTR)
+    outcome[i] = Worker::local_shortage(errno) ? -2 : errno;
   fds.push_back(@[pollfd{outcome[i] == -1 ? socks[i].get() : -1, POLLOUT, 0}@]);
 }
 

