@@ -38,7 +38,7 @@ TANGLED  := $(BUILD)/iawlb.cpp $(BUILD)/main.cpp $(BUILD)/iawlb.hpp $(BUILD)/Syn
 DEPS_DEB := make g++ clang netcat-openbsd libclang-rt-14-dev texlive-binaries texlive-base \
             texlive-extra-utils texlive-metapost texlive-latex-base catch2 \
             python3 curl redis-server redis-tools util-linux poppler-utils \
-            haproxy nginx-light libnginx-mod-stream pen wrk strace
+            haproxy nginx-light libnginx-mod-stream pen wrk strace iproute2
 
 .DELETE_ON_ERROR:
 .PHONY: all check check-asan check-tsan check-all demo bench bench-quick profile deps clean doc

@@ -630,6 +630,7 @@ that starts a worker.
 for (unsigned i = 0; i < shared.cfg.workers; ++i)
   workers.push_back(std::make_unique<Worker>(shared, i + 1));
 batches.resize(workers.size());
+for (@[auto &w@,:@,workers@]) shared.worker_wakes.push_back(w->wake.get());
 try {
   for (@[auto &w@,:@,workers@]) new_dispatcher(*w);
 }
@@ -729,7 +730,8 @@ relay needs no lock.
 \item{$\bullet$} A worker's |epoll| instance, buffers, pipes and timer lists are its
 own. While it runs, only three members of a |Worker| are touched by another
 thread (the acceptor): |inbox|, which has its own lock, |wake|, an |eventfd|
-whose |write| is atomic, and |load|, an atomic counter. Its |id| is also read
+whose |write| is atomic (the other workers and the checker write to it too,
+when a destination comes back), and |load|, an atomic counter. Its |id| is also read
 by the acceptor, but never changes after the constructor, and its |runner| is
 joined by the acceptor only after the worker's thread has ended.
 \item{$\bullet$} What workers share with each other is the |Shared| state:
@@ -751,7 +753,7 @@ holder takes no other lock before releasing it.
 \tbl|Config| in |Shared|&main thread&every thread reads&immutable after start\cr
 \tbl|Pool| of destinations&main thread&every worker&|Pool::m_| (a leaf lock)\cr
 \tbl|SyncedList| |inbox|&its |Worker|&acceptor enqueues&|SyncedList::m_|\cr
-\tbl|Worker::wake|&its |Worker|&acceptor writes&atomic |eventfd| counter\cr
+\tbl|Worker::wake|&its |Worker|&acceptor, workers, checker write&atomic |eventfd| counter\cr
 \tbl|Worker::load|&its |Worker|&acceptor reads, adds&|std::atomic|\cr
 \tbl|Shared::active|&acceptor&workers subtract&|std::atomic|\cr
 \tbl|Connection|&one worker&nobody&single owner\cr
@@ -830,6 +832,7 @@ BufferPool buffers;
 PipePool pipes; /* at most |shared.pipes_per_worker| */
 Time now = 0; /* the clock, read once per round */
 Time retry_at = 0; /* when clients in |queued| may ask the pool again */
+std::uint64_t seen_comebacks = 0; /* |shared.comebacks| when |retry_at| was last valid */
 bool draining = false; /* the balancer is ending: leave when |conns| is empty */
 static constexpr int max_events = 256;
 epoll_event events[max_events];
@@ -901,6 +904,10 @@ void loop()
     for (int i = 0; i < n; ++i) handle(events[i]);
     run_ready();
     expire();
+    if (shared.comebacks != seen_comebacks) {
+      seen_comebacks = shared.comebacks;
+      retry_at = 0; /* a destination is back: ask the pool now */
+    }
     if (!queued.empty() && now >= retry_at) dispatch_queue();
     graveyard.clear();
   }
@@ -985,6 +992,7 @@ struct Connection : Link<TimerTag>, Link<ReadyTag> {@/
   Time accepted = 0, connected = 0;@/
   SockAddr from; /* the client's address */
   bool waited = false; /* admitted to the queue once (|--queue-max|) */
+  bool trial = false; /* its connect is its destination's trial */
 };
 
 @ What the acceptor puts in an inbox: the socket and the client's address,
@@ -1173,7 +1181,7 @@ after its last bytes are counted for the statistics.
 @<Tell the pool...@>=
 count_bytes(c);
 if (c.dest >= 0) {
-  if (c.state == State::connecting) shared.pool.abandon(c.dest);
+  if (c.state == State::connecting) shared.pool.abandon(c.dest, c.trial);
   else shared.pool.release(c.dest);
 }
 
@@ -2122,13 +2130,14 @@ main thread calls |add| before any worker exists; the health checker calls
 
 \smallskip
 \item{} |pick(now)| chooses a usable destination and counts a connection on
-it. If none is usable it returns $-1$ and the time at which asking again can
-give a different answer.
+it, and says whether that connection is the destination's trial. If none is
+usable it returns $-1$ and the time at which asking again can give a
+different answer.
 \item{} |connected(d)| reports that a connect to |d| worked; the destination
 is up.
-\item{} |failed(d, now, &wait)| reports that a connect to |d| failed. The
+\item{} |failed(d, now, &wait, trial)| reports that a connect to |d| failed. The
 destination is down for |wait|.
-\item{} |abandon(d)| undoes a |pick| whose connect never completed, without
+\item{} |abandon(d, trial)| undoes a |pick| whose connect never completed, without
 blaming the destination.
 \item{} |release(d)| reports that a connection to |d| is over.
 \smallskip
@@ -2141,7 +2150,7 @@ lock across one. The destinations live in a
 cannot move.
 
 @<Interface types@>=
-struct Pick {@+ int dest;@+ Time retry_at;@+};
+struct Pick {@+ int dest;@+ Time retry_at;@+ bool trial;@+};
 enum class Change {@+ none, down, up@+};
 struct DestState {@+ bool up;@+ unsigned active;@+ Time changed_at;@+};
 class Pool {@/
@@ -2153,8 +2162,8 @@ public:@/
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
   Pick pick(Time now);@/
   Change connected(int d);@/
-  Change failed(int d, Time now, Time *wait);@/
-  void abandon(int d);@/
+  Change failed(int d, Time now, Time *wait, bool trial);@/
+  void abandon(int d, bool trial);@/
   void release(int d);@/
   Change check(int d, bool passed, unsigned rise, unsigned fall, Time now);@/
   DestState snapshot(int d) const;@/
@@ -2252,12 +2261,12 @@ Pick Pool::pick(Time now)
     total += d.weight;
     if (best < 0 || d.credit > dests_[best].credit) best = int(i);
   }
-  if (best < 0) return @[Pick{-1, next_retry(now)}@];
+  if (best < 0) return @[Pick{-1, next_retry(now), false}@];
   Destination &d = dests_[best];
   d.credit -= total;
   ++d.active;
   if (d.down) d.trial = true;
-  return @[Pick{best, 0}@];
+  return @[Pick{best, 0, d.down}@];
 }
 
 @ When nothing is usable, every destination is down and either waiting for
@@ -2330,12 +2339,14 @@ Change Pool::connected(int d)
   x.down = false;
   return c;
 }
-Change Pool::failed(int d, Time now, Time *wait)
+Change Pool::failed(int d, Time now, Time *wait, bool trial)
 {
   std::lock_guard<std::mutex> lock(m_);
   Destination &x = dests_[d];
   --x.active;
   ++x.failed;
+  if (x.down && !trial) @<Count a failure that was picked before the destination went down;
+    |return|@>@;
   ++x.failures;
   x.trial = false;
   *wait = backoff(x.failures, backoff_cap);
@@ -2345,16 +2356,42 @@ Change Pool::failed(int d, Time now, Time *wait)
   return c;
 }
 
+@ {\it Late failures.} When a destination dies, the connects already under
+way to it fail one after another, and the first version counted each as a
+failure of its own: sixteen clients in flight made sixteen failures, and the
+backoff jumped to its cap at once; with \.{--backoff-max 60s} every waiting
+client then sat out its queue timeout while the destination came back after
+a second. Each of those failures also ended the current {\it trial}, though
+it was not the trial's, so that a second client could be sent on trial while
+the first was still connecting, and workers that asked meanwhile were told
+to wait for the new, later |retry_at|. The review found both; the unit test
+``Pool: a late failure neither ends the trial nor extends the backoff'' and
+the test ``a destination back after many failures in flight'' in
+\.{tests/test\_edges.cpp} show them.
+@^IAWLB, departures from@>
+
+So |pick| tells its caller whether a connection is the trial, the
+connection remembers it, and |failed| and |abandon| end the trial only for
+the trial's own connection. A failure of a connection picked {\it before}
+the destination went down is counted in the totals and changes nothing
+else: the verdict it would give is in already.
+
+@<Count a failure that was picked before...@>=
+{
+  *wait = x.retry_at > now ? x.retry_at - now : 0;
+  return Change::none;
+}
+
 @ The remaining operations only adjust counts, and |abandon| also ends a
 trial that never came to a verdict. |is_down| and |active| read
 the state under the lock for the unit tests; the workers never need them.
 
 @<Functions@>=
-void Pool::abandon(int d)
+void Pool::abandon(int d, bool trial)
 {
   std::lock_guard<std::mutex> lock(m_);
   --dests_[d].active;
-  dests_[d].trial = false;
+  if (trial) dests_[d].trial = false;
 }
 void Pool::release(int d)
 {
@@ -2390,7 +2427,7 @@ void dispatch(Connection &c)
     wait_for_destination(c);
     return;
   }
-  start_connect(c, p.dest);
+  start_connect(c, p);
 }
 void wait_for_destination(Connection &c)
 {
@@ -2425,7 +2462,7 @@ void dispatch_queue()
       return;
     }
     List<Connection, TimerTag>::remove(c);
-    start_connect(*c, p.dest);
+    start_connect(*c, p);
   }
 }
 
@@ -2472,8 +2509,10 @@ failed now.
 would look like a failure.
 
 @<Members of |Worker|@>=
-void start_connect(Connection &c, int d)
+void start_connect(Connection &c, Pick p)
 {
+  int d = p.dest;
+  c.trial = p.trial;
   const SockAddr &to = shared.pool[d].addr;
   int fd = socket(to.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
@@ -2523,7 +2562,7 @@ namespace of its own. They now go the same way as |EMFILE|.
 @<Members of |Worker|@>=
 void wait_for_resources(Connection &c, int d, int err)
 {
-  shared.pool.abandon(d);
+  shared.pool.abandon(d, c.trial);
   if (!short_of_resources)
     Log(Level::warn, "out of resources to connect (%s); clients wait", std::strerror(err));
   short_of_resources = true;
@@ -2567,8 +2606,10 @@ void connected(Connection &c)
   List<Connection, TimerTag>::remove(&c);
   c.key = now;
   relaying.push_back(&c);
-  if (shared.pool.connected(c.dest) == Change::up)
+  if (shared.pool.connected(c.dest) == Change::up) {
     Log(Level::info, "destination %s is up again", shared.pool[c.dest].name.c_str());
+    shared.destination_up();
+  }
   if (shared.cfg.proxy != Proxy::none) {
     @<Put the PROXY protocol header in front of |c|'s bytes...@>@;
   }
@@ -2591,7 +2632,7 @@ writes one line, not seven hundred.
 void connect_failed(Connection &c, int err)
 {
   Time wait = 0;
-  Change change = shared.pool.failed(c.dest, now, &wait);
+  Change change = shared.pool.failed(c.dest, now, &wait, c.trial);
   const Destination &d = shared.pool[c.dest];
   Log(change == Change::down ? Level::warn : Level::debug,
     "destination %s is down: connect: %s; next try in %s", d.name.c_str(),
@@ -2696,6 +2737,8 @@ struct Shared {@/
   std::atomic<unsigned> workers_done = 0;@/
   std::atomic<bool> failed = false; /* a worker stopped on an error */
   unique_fd wake; /* |eventfd| on which the acceptor sleeps */
+  std::vector<int> worker_wakes; /* each worker's |wake|, not owned; immutable once the threads run */
+  std::atomic<std::uint64_t> comebacks = 0; /* how many times a destination has come back */
   @<Members of |Shared|@>@;
 };
 
@@ -2718,6 +2761,28 @@ void notify_acceptor()@+{@+ write_eventfd(wake.get());@+}
 void client_closed()
 {
   if (active.fetch_sub(1) == max_conn) notify_acceptor();
+}
+
+@ {\it A destination comes back.} Each worker keeps its own |retry_at|,
+the time its queued clients may ask the pool again, computed from what the
+pool said when it last refused. A destination can come back earlier than
+that: its trial, made by another worker, succeeds, or the checker finds it
+alive. So whoever sees a destination come back (|connected|, or the
+checker's |report|) counts it in |comebacks| and, if any client is queued
+anywhere, wakes every worker. A worker that finds the count changed forgets
+its |retry_at| and serves its queue at once (|loop|). It costs one |write|
+per worker each time a destination comes back while clients wait, which is
+rare; the wake-up is the same |eventfd| the acceptor uses, and one more
+reason to read it does no harm (|on_wake| only drains an inbox that may be
+empty).
+@^IAWLB, departures from@>
+
+@<Members of |Shared|@>=
+void destination_up()
+{
+  ++comebacks;
+  if (queued > 0)
+    for (@[int fd@,:@,worker_wakes@]) write_eventfd(fd);
 }
 
 @ The |Balancer| holds the listening socket and its address, the signal
@@ -3403,8 +3468,10 @@ void report(int d, int err)
   const char *name = shared.pool[d].name.c_str();
   if (c == Change::down)
     Log(Level::warn, "destination %s is down: health check: %s", name, std::strerror(err));
-  else if (c == Change::up)
+  else if (c == Change::up) {
     Log(Level::info, "destination %s is up again: health check passed", name);
+    shared.destination_up();
+  }
   else if (err)
     Log(Level::debug, "destination %s: health check failed: %s", name, std::strerror(err));
 }

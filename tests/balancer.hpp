@@ -130,6 +130,17 @@ inline std::map<std::string, int> fetch_many(uint16_t port, int n) {
     return counts;
 }
 
+// The lines of a log that contain every one of the needles.
+inline int count_lines(const std::string& log, const std::vector<std::string>& needles) {
+    int n = 0;
+    for (const std::string& line : split_lines(log)) {
+        bool all = true;
+        for (const std::string& w : needles) all = all && line.find(w) != std::string::npos;
+        n += all ? 1 : 0;
+    }
+    return n;
+}
+
 inline std::string show(const std::map<std::string, int>& m) {
     std::string s;
     for (auto& [k, v] : m) {

@@ -324,3 +324,47 @@ TEST_CASE("local ports run out (EADDRNOTAVAIL): the destination stays up, the cl
     CHECK(log.find("is down") == std::string::npos);
     CHECK(log.find("Cannot assign requested address") != std::string::npos);
 }
+
+// ===========================================================================
+// 6. A destination back after many failures in flight
+// ===========================================================================
+
+TEST_CASE("a destination back after many failures in flight: every queued client is served",
+          "[integration][edges]") {
+    // Sixteen clients arrive at once at a destination that does not answer connects
+    // (a full accept queue): their connects are all under way when the first times
+    // out. That is one failure of the destination, not sixteen; counted as sixteen,
+    // the backoff went to its cap (60 s here) and the clients waited while the
+    // server was back.
+    Blackhole hole = blackhole_destination();
+    REQUIRE(hole);
+    const uint16_t dp = hole.port;
+    uint16_t lp = free_port();
+    auto lb = start_balancer({"-w", "2", "--connect-timeout", "1s", "--backoff-max", "60s", "--queue-timeout", "60s",
+                              listen_arg(lp), listen_arg(dp)});
+    constexpr int N = 16;
+    std::vector<Fd> cs;
+    for (int i = 0; i < N; ++i) {
+        cs.push_back(connect_to(kLo, lp));
+        REQUIRE(cs.back());
+    }
+    for (int i = 0; i < N; ++i) REQUIRE(send_all(cs[i].get(), "client " + std::to_string(i) + "\n", kIo) == Io::Ok);
+    REQUIRE(lb->wait_for_log("is down", kIo));
+    // The server comes back on the same port.
+    hole.filler.reset();
+    hole.listener.reset();
+    BackendConfig bc;
+    bc.kind = Kind::Echo;
+    bc.id = "E";
+    bc.port = dp;
+    Backend echo(bc);
+    int served = 0;
+    for (int i = 0; i < N; ++i) {
+        const std::string want = "client " + std::to_string(i) + "\n";
+        std::string got;
+        if (recv_exact(cs[i].get(), got, want.size(), kIo) == Io::Ok && got == want) ++served;
+    }
+    INFO("log:\n" << lb->log());
+    CHECK(served == N);
+    CHECK(count_lines(lb->log(), {"is up again"}) == 1);
+}

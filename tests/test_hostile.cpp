@@ -62,17 +62,6 @@ int fd_count_back_to(pid_t pid, int baseline, double timeout) {
     return cur;
 }
 
-// Lines of `log` that contain every one of `needles`.
-int count_lines(const std::string& log, const std::vector<std::string>& needles) {
-    int n = 0;
-    for (const std::string& line : split_lines(log)) {
-        bool all = true;
-        for (const std::string& w : needles) all = all && line.find(w) != std::string::npos;
-        n += all ? 1 : 0;
-    }
-    return n;
-}
-
 // The -v line of the connection from host:client_port, or "".
 std::string conn_line(const std::string& log, uint16_t client_port, const std::string& host = kLo) {
     const std::string key = " info: " + host_port(host, client_port) + " -> ";

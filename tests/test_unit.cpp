@@ -486,7 +486,8 @@ TEST_CASE("Pool: a failed destination is skipped, then tried once after its back
     Pick k = p.pick(now);
     REQUIRE(k.dest == 0);
     Time wait = 0;
-    CHECK(p.failed(0, now, &wait) == Change::down);
+    CHECK_FALSE(k.trial);
+    CHECK(p.failed(0, now, &wait, k.trial) == Change::down);
     CHECK(wait == 250 * msec);
     CHECK(p.is_down(0));
     CHECK(p.active(0) == 0);
@@ -500,10 +501,10 @@ TEST_CASE("Pool: a failed destination is skipped, then tried once after its back
     Pick trial = p.pick(now + 300 * msec);
     Pick other = p.pick(now + 300 * msec);
     CHECK(((trial.dest == 0) != (other.dest == 0)));
-    int t = trial.dest == 0 ? 0 : 1;
-    (void)t;
+    Pick& t = trial.dest == 0 ? trial : other;
+    CHECK(t.trial);
     // The trial fails again: the wait doubles and the state does not change.
-    CHECK(p.failed(0, now + 300 * msec, &wait) == Change::none);
+    CHECK(p.failed(0, now + 300 * msec, &wait, t.trial) == Change::none);
     CHECK(wait == 500 * msec);
     // The next trial succeeds: the destination is up again.
     Pick again = p.pick(now + 900 * msec);
@@ -523,8 +524,8 @@ TEST_CASE("Pool: with every destination down, pick says when to ask again", "[un
     fill(p, 2);
     Time now = 50 * sec, wait = 0;
     Pick a = p.pick(now), b = p.pick(now);
-    p.failed(a.dest, now, &wait);
-    p.failed(b.dest, now + 100 * msec, &wait);
+    p.failed(a.dest, now, &wait, a.trial);
+    p.failed(b.dest, now + 100 * msec, &wait, b.trial);
     Pick none = p.pick(now + 200 * msec);
     CHECK(none.dest == -1);
     CHECK(none.retry_at == now + 250 * msec);
@@ -535,8 +536,38 @@ TEST_CASE("Pool: with every destination down, pick says when to ask again", "[un
     CHECK(later.dest == -1);
     CHECK(later.retry_at <= now + 270 * msec + 50 * msec);
     // Abandoning the trial does not blame the destination.
-    p.abandon(trial.dest);
+    p.abandon(trial.dest, trial.trial);
     CHECK(p.pick(now + 280 * msec).dest == trial.dest);
+}
+
+TEST_CASE("Pool: a late failure neither ends the trial nor extends the backoff", "[unit][pool]")
+{
+    // Connects picked while the destination was up, failing after it went down.
+    Pool p;
+    p.backoff_cap = 60 * sec;
+    fill(p, 1);
+    Time now = 10 * sec, wait = 0;
+    std::vector<Pick> in_flight;
+    for (int i = 0; i < 8; ++i) in_flight.push_back(p.pick(now));
+    for (const Pick& k : in_flight) CHECK_FALSE(k.trial);
+    CHECK(p.failed(0, now, &wait, false) == Change::down);
+    CHECK(wait == 250 * msec);
+    for (size_t i = 1; i < 4; ++i) {
+        CHECK(p.failed(0, now + 10 * msec, &wait, false) == Change::none);
+        CHECK(wait <= 250 * msec);  // the first failure's verdict stands
+    }
+    // The trial, then the other late failures while it runs.
+    Pick trial = p.pick(now + 300 * msec);
+    REQUIRE(trial.dest == 0);
+    CHECK(trial.trial);
+    for (size_t i = 4; i < 7; ++i) p.failed(0, now + 310 * msec, &wait, false);
+    p.abandon(0, false);  // the last late one: its client left
+    CHECK(p.pick(now + 320 * msec).dest == -1);  // still one trial only
+    CHECK(p.active(0) == 1);
+    // The trial fails: the second failure of the destination, 500 ms.
+    CHECK(p.failed(0, now + 400 * msec, &wait, true) == Change::none);
+    CHECK(wait == 500 * msec);
+    CHECK(p[0].failed == 8);
 }
 
 // ------------------------------------------------------------- operations
@@ -646,7 +677,7 @@ TEST_CASE("Pool: health checks take a destination out after fall, back after ris
     // Both markings: a failed connect keeps it down although checks pass.
     Time wait = 0;
     REQUIRE(p.pick(now + 4).dest == 0);
-    CHECK(p.failed(0, now + 4, &wait) == Change::down);
+    CHECK(p.failed(0, now + 4, &wait, false) == Change::down);
     CHECK(p.check(0, true, 2, 3, now + 5) == Change::none);
     CHECK_FALSE(p.snapshot(0).up);
     // All out: pick says to ask again soon, since only the checker knows.
