@@ -142,6 +142,7 @@
 @s DestState int
 @s Of int
 @s Proxy int
+@s Failure int
 
 @* It-Almost-Works Load Balancer.
 Suppose several copies of a service listen on different ports, and clients
@@ -2924,22 +2925,37 @@ listening socket is not what we think: a bug. It throws.
 
 @<Decide what a failed |accept4| means...@>=
 int err = errno;
-if (err == EAGAIN || err == EWOULDBLOCK) {
+switch (accept_failure(err)) {
+case Failure::nothing_pending:
   if (closing) backlog_left = 0; /* the rest gave up waiting */
   break;
-}
-if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+case Failure::client_gone:@+ continue;
+case Failure::no_resources:
   if (!accept_failing)
     Log(Level::warn, "accept4: %s; pausing new clients", std::strerror(err));
   accept_failing = true;
   paused_until = now + 100 * msec;
   break;
+case Failure::bug:@+ throw sys_error("accept4");
 }
-if (err == EINTR || err == ECONNABORTED || err == EPERM || err == EPROTO || err == ENOPROTOOPT@|
-  || err == ENETDOWN || err == ENONET || err == EHOSTDOWN || err == EHOSTUNREACH@|
-  || err == ENETUNREACH || err == EOPNOTSUPP)
-  continue;
-throw sys_error("accept4");
+break;
+
+@ The same four groups serve the statistics server's own |accept4|, so they
+are a function: a table in code of the list above.
+
+@<Functions@>=
+enum class Failure {@+ nothing_pending, client_gone, no_resources, bug@+};
+Failure accept_failure(int err)
+{
+  if (err == EAGAIN || err == EWOULDBLOCK) return Failure::nothing_pending;
+  if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM)
+    return Failure::no_resources;
+  if (err == EINTR || err == ECONNABORTED || err == EPERM || err == EPROTO || err == ENOPROTOOPT@|
+    || err == ENETDOWN || err == ENONET || err == EHOSTDOWN || err == EHOSTUNREACH@|
+    || err == ENETUNREACH || err == EOPNOTSUPP)
+    return Failure::client_gone;
+  return Failure::bug;
+}
 
 @ {\it Which worker.} Each socket goes to the worker with the fewest
 connections (its |load|, counted from the moment the acceptor chose it), ties
@@ -3666,16 +3682,23 @@ line that is not HTTP, 431 for a request whose header does not end within
 
 The server is one thread with one |poll| loop over its listener, its stop
 descriptor and at most |stats_clients| clients, all non-blocking. A client
-has five seconds from its connect to the last byte of its response; a slow
-or silent client is then closed. A stuck client can hold at most one of the
-sixteen places, for five seconds, and nothing of the relay, which shares no
-lock with this thread except the pool's, taken once per destination per
-request.
+has ten seconds from its connect to the last byte of its response; a slow
+or silent client is then closed. When all sixteen places are taken and
+another client arrives, the oldest client is closed to make room: a scrape
+takes a few milliseconds, so the client that has held its place longest is
+the one most likely stuck, and the newcomer is most likely the scraper that
+gave up on an earlier attempt. A stuck client therefore holds nothing of the
+relay, which shares no lock with this thread except the pool's (taken once
+per destination per request), and cannot keep a scraper out either: sixteen
+silent connections, a denial of service in the first version of this
+server, which let them wait out their five seconds while \.{/metrics} was
+unreachable, now cost each of them its place as soon as a scraper comes.
+@^denial of service@>
 
 @<Operations threads@>=
 constexpr std::size_t stats_clients = 16;
 constexpr std::size_t stats_request_max = 4096;
-constexpr Time stats_timeout = 5 * sec;
+constexpr Time stats_timeout = 10 * sec;
 class StatsServer {@/
 public:@/
   StatsServer(Shared &s, unique_fd listener)@/
@@ -3697,20 +3720,22 @@ private:@/
     unique_fd fd;@/
     std::string in, out; /* the request so far, the response */
     std::size_t sent = 0; /* bytes of |out| sent */
-    Time deadline = 0;@/
+    Time deadline = 0; /* accepted at |deadline - stats_timeout| */
   };
   static bool done(const Client &c)@+{@+ return !c.fd;@+}
   @<Members of |StatsServer|@>@;
   Shared &shared;@/
   unique_fd listener_, stop_;@/
   std::vector<Client> clients_;@/
+  Time paused_until = 0; /* no |accept4| before this, after |EMFILE| */
+  bool accept_failing = false; /* logged the current shortage */
   std::thread runner;@/
 };
 
-@ One turn of the loop: watch the stop descriptor, the listener while there
-is room for another client, and each client for reading until its request
+@ One turn of the loop: watch the stop descriptor, the listener unless
+accepting is paused, and each client for reading until its request
 is complete, then for writing until its response is sent. The |poll|
-timeout is the nearest deadline. After |poll|, the clients are served first
+timeout is the nearest deadline, or the end of the pause. After |poll|, the clients are served first
 and the listener last, so that the indices of |fds| still match |clients_|
 while the clients are served; the finished and the expired ones are then
 removed together.
@@ -3736,20 +3761,23 @@ void run()
 }
 
 @ The listener's |pollfd| is always present, at index~1, but with the
-descriptor $-1$ (ignored) while every place is taken; so the clients start at
-index~2 in every turn.
+descriptor $-1$ (ignored) during a pause; so the clients start at index~2 in
+every turn. The first version left the listener out while every place was
+taken, which is what let sixteen silent clients lock out every scraper.
 
 @<Fill |fds|...@>=
 fds.clear();
 fds.push_back(@[pollfd{stop_.get(), POLLIN, 0}@]);
-fds.push_back(@[pollfd{clients_.size() < stats_clients ? listener_.get() : -1, POLLIN, 0}@]);
-Time first = forever;
+Time first = forever, start = now_us();
+bool paused = start < paused_until;
+if (paused) first = paused_until;
+fds.push_back(@[pollfd{paused ? -1 : listener_.get(), POLLIN, 0}@]);
 for (@[const Client &c@,:@,clients_@]) {
   bool reading = c.out.empty() || c.sent == c.out.size();
   fds.push_back(@[pollfd{c.fd.get(), short(reading ? POLLIN : POLLOUT), 0}@]);
   first = std::min(first, c.deadline);
 }
-int timeout = ms_until(first, now_us());
+int timeout = ms_until(first, start);
 
 @ A client is done when its descriptor has been closed: after its response,
 on an error, or at its deadline.
@@ -3757,16 +3785,47 @@ on an error, or at its deadline.
 @<Remove the clients that are done@>=
 clients_.erase(std::remove_if(clients_.begin(), clients_.end(), done), clients_.end());
 
-@ Accepting is the acceptor's loop in small: until |EAGAIN| or until the
-places are full. Any other failure is left for the next turn; the listener
-stays readable if a client is still waiting.
+@ Accepting is the acceptor's loop in small, with the acceptor's four kinds
+of failure (|accept_failure|). It accepts until |EAGAIN|, at most
+|stats_clients| clients in one turn, so that a flood of connections cannot
+keep the thread in this loop. A new client that finds every place taken
+gets the place of the oldest client, the one with the earliest deadline.
+
+Out of descriptors, the first version returned and let the next turn try
+again; but the client it could not accept was still in the backlog, the
+listener still readable, and |poll| returned at once: the thread spun at
+nearly a whole CPU for as long as the shortage lasted. It now pauses, as
+the acceptor does: the listener is left out of |poll| for 100\,ms, the
+shortage is logged once, and its end too.
+@.statistics: accept4: ...; pausing@>
+@.statistics: accepting again@>
 
 @<Members of |StatsServer|@>=
 void accept_clients(Time now)
 {
-  while (clients_.size() < stats_clients) {
+  for (std::size_t k = 0; k < stats_clients; ++k) {
     int fd = accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
+    if (fd < 0) {
+      int err = errno;
+      Failure f = accept_failure(err);
+      if (f == Failure::client_gone) continue;
+      if (f != Failure::nothing_pending) {
+        if (!accept_failing)
+          Log(Level::warn, "statistics: accept4: %s; pausing", std::strerror(err));
+        accept_failing = true;
+        paused_until = now + 100 * msec;
+      }
+      return;
+    }
+    if (accept_failing) {
+      accept_failing = false;
+      Log(Level::info, "statistics: accepting again");
+    }
+    if (clients_.size() == stats_clients) {
+      auto oldest = std::min_element(clients_.begin(), clients_.end(),
+        [](const Client &a, const Client &b)@+{@+ return a.deadline < b.deadline;@+});
+      clients_.erase(oldest);
+    }
     clients_.emplace_back();
     clients_.back().fd.reset(fd);
     clients_.back().deadline = now + stats_timeout;
@@ -3963,8 +4022,8 @@ for (std::size_t k = 0; k < std::size(value); ++k) {
 @ {\it Starting and stopping the two threads.} The statistics listener is
 opened with the balancer's own listener, before any thread exists, so that
 an address already in use stops the start-up with the usual one-line error.
-Its backlog is small: sixteen clients at a time are served, and a scraper
-that finds the queue full will retry.
+Its backlog of 64 holds a burst of scrapers while the sixteen places turn
+over.
 @.bind ...: Address already in use@>
 
 @<Open the statistics listener@>=

@@ -205,6 +205,81 @@ inline Blackhole blackhole_destination() {
     return b;
 }
 
+// Printable form of bytes: \r, \n and non-printable bytes escaped.
+inline std::string printable(const std::string& s) {
+    std::string out;
+    char b[8];
+    for (unsigned char ch : s) {
+        if (ch == '\r') out += "\\r";
+        else if (ch == '\n') out += "\\n";
+        else if (ch == '\\') out += "\\\\";
+        else if (ch >= 0x20 && ch < 0x7f) out += static_cast<char>(ch);
+        else {
+            std::snprintf(b, sizeof b, "\\x%02x", ch);
+            out += b;
+        }
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------
+// A tiny HTTP/1.0 client for the statistics server
+// ---------------------------------------------------------------------------
+
+struct HttpReply {
+    std::string error;  // empty when a complete response arrived and the server closed
+    int status = 0;
+    std::string raw, head, body;
+    std::string header(const std::string& name) const {  // value of a header, "" if absent
+        for (const std::string& line : split_lines(head)) {
+            size_t colon = line.find(':');
+            if (colon == std::string::npos || lower(line.substr(0, colon)) != lower(name)) continue;
+            std::string v = line.substr(colon + 1);
+            while (!v.empty() && (v.front() == ' ')) v.erase(v.begin());
+            while (!v.empty() && (v.back() == '\r' || v.back() == ' ')) v.pop_back();
+            return v;
+        }
+        return "";
+    }
+};
+
+// Sends `request` as it is, reads the response up to the server's close, splits it.
+inline HttpReply http_raw(uint16_t port, const std::string& request, double timeout = kIo) {
+    HttpReply r;
+    int e = 0;
+    Fd c = connect_to(kLo, port, timeout, &e);
+    if (!c) {
+        r.error = std::string("connect: ") + std::strerror(e);
+        return r;
+    }
+    Io st = send_all(c.get(), request, timeout);
+    if (st != Io::Ok) {
+        r.error = std::string("send: ") + io_name(st);
+        return r;
+    }
+    st = recv_until_eof(c.get(), r.raw, timeout);
+    if (st != Io::Eof) r.error = std::string("recv: ") + io_name(st) + " after " + std::to_string(r.raw.size()) + " bytes";
+    size_t end = r.raw.find("\r\n\r\n");
+    if (end == std::string::npos) {
+        if (r.error.empty()) r.error = "no end of header in '" + printable(r.raw) + "'";
+        return r;
+    }
+    r.head = r.raw.substr(0, end + 2);
+    r.body = r.raw.substr(end + 4);
+    if (r.head.compare(0, 9, "HTTP/1.1 ") == 0 || r.head.compare(0, 9, "HTTP/1.0 ") == 0)
+        r.status = std::atoi(r.head.c_str() + 9);
+    else if (r.error.empty())
+        r.error = "not an HTTP status line: '" + printable(r.head.substr(0, 40)) + "'";
+    std::string len = r.header("Content-Length");
+    if (r.error.empty() && (len.empty() || std::to_string(r.body.size()) != len))
+        r.error = "Content-Length '" + len + "' but a body of " + std::to_string(r.body.size()) + " bytes";
+    return r;
+}
+
+inline HttpReply http_get(uint16_t port, const std::string& path, double timeout = kIo) {
+    return http_raw(port, "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", timeout);
+}
+
 }  // namespace
 
 CATCH_REGISTER_LISTENER(FailureCounter)

@@ -9,7 +9,8 @@
 //   Pattern       a deterministic byte stream (xorshift64), to check byte-exactness.
 //   Process       runs a command with its output in a temp file; SIGKILLs and reaps it
 //                 in its destructor, and prints its output if a test assertion failed.
-//   proc_*()      fd count, threads, VmRSS and CPU time of a process, from /proc.
+//   proc_*()      fd count, threads, VmRSS and CPU time of a process (or of one of
+//                 its threads, found by name), from /proc.
 //   Backend       a small TCP server run by a thread of the test process (echo, name,
 //                 greeter, upload-then-answer, source); can be killed and restarted.
 //
@@ -848,9 +849,9 @@ inline long proc_status_field(pid_t pid, const std::string& key) {
 inline long proc_threads(pid_t pid) { return proc_status_field(pid, "Threads"); }
 inline long proc_rss_kb(pid_t pid) { return proc_status_field(pid, "VmRSS"); }
 
-// User + system CPU seconds used so far by all threads of the process; -1 on error.
-inline double proc_cpu_seconds(pid_t pid) {
-    std::string s = read_file("/proc/" + std::to_string(pid) + "/stat");
+// User + system CPU seconds in a /proc stat file (a process's or a thread's); -1 on error.
+inline double stat_cpu_seconds(const std::string& path) {
+    std::string s = read_file(path);
     size_t paren = s.rfind(')');
     if (paren == std::string::npos) return -1;
     std::istringstream ss(s.substr(paren + 1));
@@ -861,6 +862,30 @@ inline double proc_cpu_seconds(pid_t pid) {
         if (i == 15) stime = std::strtoull(field.c_str(), nullptr, 10);
     }
     return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// User + system CPU seconds used so far by all threads of the process; -1 on error.
+inline double proc_cpu_seconds(pid_t pid) { return stat_cpu_seconds("/proc/" + std::to_string(pid) + "/stat"); }
+
+// The id of the thread of `pid` whose name (comm) is `name`; -1 if there is none.
+inline pid_t proc_thread_named(pid_t pid, const std::string& name) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR* d = ::opendir(dir.c_str());
+    if (!d) return -1;
+    pid_t found = -1;
+    while (dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::string comm = read_file(dir + "/" + e->d_name + "/comm");
+        if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+        if (comm == name) found = static_cast<pid_t>(std::atol(e->d_name));
+    }
+    ::closedir(d);
+    return found;
+}
+
+// CPU seconds used so far by one thread of `pid`; -1 on error.
+inline double thread_cpu_seconds(pid_t pid, pid_t tid) {
+    return stat_cpu_seconds("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
 }
 
 // Samples `probe` every `interval` seconds on a thread of its own, keeping the maximum.
