@@ -87,13 +87,18 @@ INTEGRATION := integration hostile ops edges
 $(BUILD)/test_%: tests/test_%.cpp tests/harness.hpp tests/balancer.hpp
 	$(CXX) $(TEST_FLAGS) $< -o $@ $(LDFLAGS) -lCatch2WithMain
 
+# LD_PRELOADed by the edges suite into the balancer: operator new that fails, on
+# demand, in the worker threads. Built without sanitizers: it forwards to malloc and free.
+$(BUILD)/failnew.so: tests/fault/failnew.cpp
+	$(CXX) -std=c++17 -Wall -Wextra -Werror -O2 -fPIC -shared $< -o $@
+
 # Each suite appends its counts to $(BUILD)/results; tests/run-suite prints them.
-check: $(BUILD)/iawlb $(BUILD)/test_unit $(addprefix $(BUILD)/test_,$(INTEGRATION))
+check: $(BUILD)/iawlb $(BUILD)/test_unit $(addprefix $(BUILD)/test_,$(INTEGRATION)) $(BUILD)/failnew.so
 	@rm -f $(BUILD)/results; rc=0; \
 	  tests/run-suite $(BUILD)/results "unit$(if $(SUITE), ($(SUITE)))" $(BUILD)/test_unit || rc=1; \
 	  for s in $(INTEGRATION); do \
 	    echo "IAWLB=$(BUILD)/iawlb $(BUILD)/test_$$s"; \
-	    IAWLB=$(BUILD)/iawlb tests/run-suite $(BUILD)/results "$$s$(if $(SUITE), ($(SUITE)))" \
+	    IAWLB=$(BUILD)/iawlb IAWLB_FAILNEW=$(BUILD)/failnew.so tests/run-suite $(BUILD)/results "$$s$(if $(SUITE), ($(SUITE)))" \
 	      $(BUILD)/test_$$s || rc=1; \
 	  done; \
 	  tests/run-suite --total $(BUILD)/results; exit $$rc

@@ -412,7 +412,8 @@ s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"
 "  -h, --help               print this help and exit\n"@/
 "  -V, --version            print the version and exit\n\n"@/
 "SIGTERM or SIGINT: stop accepting, let open connections finish, exit 0.\n"@/
-"A second signal: close everything and exit at once.\n";
+"A second signal: close everything and exit at once.\n"@/
+"SIGHUP: log the state of every destination; nothing else changes.\n";
 return s;
 
 @ |usage| returns that text; |main| prints it for \.{--help}.
@@ -612,11 +613,38 @@ destination died; here a name that does not resolve stops the program before
 it listens, with a message naming the argument.
 @^IAWLB, departures from@>
 
+A name with several addresses gives a destination for each of them, with the
+name's weight, as a name in an \.{upstream} block of nginx does. Our first
+version took the first address only, and when that one was dead (the
+common case is \.{::1} listed before \.{127.0.0.1} for a server that listens
+on IPv4 alone) every client was sent to it and refused, while the live
+address was never tried. As separate destinations, the dead one is marked
+down after its first refusal, and its clients go to the others (chapter {\sl
+Balancing and failure}), each address with its own backoff and health checks.
+@^IAWLB, departures from@>
+
+The same address may come more than once: written twice, or once as a name
+and once as a number. It is one server, so it is one destination, whose
+weight is the sum; the pool merges them (|Pool::add|), and a warning says so.
+Two destinations with the same address would also give two series with the
+same labels in \.{/metrics}, which the exposition format forbids.
+@.destination ... is given ... times@>
+
 @<Resolve every destination@>=
 shared.pool.algorithm = shared.cfg.algorithm;
 shared.pool.backoff_cap = shared.cfg.backoff_max;
+std::vector<unsigned> given; /* how often each destination of the pool was given */
 for (@[const Endpoint &d@,:@,shared.cfg.dests@])
-  shared.pool.add(resolve(d, "destination"), d.weight);
+  for (@[const SockAddr &a@,:@,resolve_all(d, "destination")@]) {
+    std::size_t i = shared.pool.add(a, d.weight);
+    given.resize(shared.pool.size());
+    ++given[i];
+  }
+for (std::size_t i = 0; i < given.size(); ++i)
+  if (given[i] > 1)
+    Log(Level::warn, "destination %s is given %u times: it is one destination "@|
+      "with the weights added up (%u)", shared.pool[i].name.c_str(), given[i],
+      shared.pool[i].weight);
 
 @ IAWLB created one thread per destination and stopped silently at 32
 destinations, the value of its macro |MAX_NUM_OF_DEST_PORT|, ignoring the rest
@@ -857,8 +885,10 @@ and tells the acceptor when it is over. Nothing may escape a thread's function
 (an uncaught exception there ends the process), so an error is caught, logged,
 and recorded in |shared.failed|, which makes the acceptor end the balancer
 with exit status~1. Such an error means a bug or a broken system
-(|epoll_wait| failing with |EBADF|, |std::bad_alloc|), not a failed
-destination: those are ordinary outcomes handled inside the loop.
+(|epoll_wait| failing with |EBADF|), not a failed destination: those are
+ordinary outcomes handled inside the loop. Running out of memory is not
+such an error either: it ends the connection that needed the memory, and no
+other (|out_of_memory|, below).
 @.worker stopped@>
 
 @<Start and run a worker@>=
@@ -1013,7 +1043,7 @@ client is closed: there is no way to serve a socket we cannot watch.
 @<Members of |Worker|@>=
 void adopt(Accepted &a)
 {
-  conns.push_back(std::make_unique<Connection>());
+  @<Make room for |a|'s connection in |conns| and |graveyard|, or close |a| and |return|@>@;
   Connection &c = *conns.back();
   c.slot = conns.size() - 1;
   c.client.fd = std::move(a.fd);
@@ -1028,6 +1058,54 @@ void adopt(Accepted &a)
     return;
   }
   dispatch(c);
+}
+
+@ {\it Memory running out.} The first version let |std::bad_alloc| out of
+the event loop, and the worker's thread stopped, which ends the balancer
+(|process_request|): one connection that could not get a 256\,KiB buffer cut
+the connections of every client. Now the memory a connection needs is its
+own business. There are three places where a worker allocates: the
+|Connection| record here, a relay buffer when bytes arrive (|BufferPool::take|),
+and the text of a PROXY protocol header. The first is handled here: without a
+record there is no connection, and the client's socket is closed; the
+acceptor's counts are given back as |finish| would. The other two happen while
+a connection handles an event, and |out_of_memory| ends that connection
+alone.
+
+|finish| must not need memory itself, or a failure there would escape after
+all. Its one allocation would be |graveyard|'s growth; so |graveyard| is
+given the room beforehand, here, for every connection that could end in this
+round: those in |conns|, those already in the graveyard, and this one.
+@.out of memory@>
+
+@<Make room for |a|'s connection...@>=
+try {
+  std::size_t need = conns.size() + graveyard.size() + 1;
+  if (graveyard.capacity() < need) graveyard.reserve(2 * need);
+  conns.push_back(std::make_unique<Connection>());
+}
+catch (const std::bad_alloc &)@+{
+  Log(Level::warn, "out of memory: a new client is closed");
+  a.fd.reset();
+  --load;
+  shared.client_closed();
+  return;
+}
+
+@ A connection that ran out of memory in the middle of its relay has lost
+bytes it had read and could not forward; it is closed with a reset, like one
+that failed, so that neither side takes the cut stream for a complete one
+(|finish|). The line of the log does not name the client: formatting the
+address would itself take memory.
+
+@<Members of |Worker|@>=
+void out_of_memory(Connection &c)
+{
+  if (c.state == State::closed) return;
+  Log(Level::warn, "out of memory: one connection closed; the %zu others of this worker go on",
+    conns.size() - 1);
+  c.error = ENOMEM;
+  finish(c, End::no_resources);
 }
 
 @ Every change of state goes through |set_state|, which keeps the shared
@@ -1112,17 +1190,25 @@ client that is gone (reset, or closed in both directions) ends the wait.
 A client that merely half-closed (as \.{echo x \pipe{} nc} does) still wants its
 answer, so |EPOLLRDHUP| alone does not end it.
 
+The event is handled inside |try|: a |std::bad_alloc| on the way, from a
+relay buffer or a PROXY header, closes this connection only (|out_of_memory|).
+
 @<Act on the event...@>=
 bool gone = ev.events & (EPOLLERR | EPOLLHUP);
-switch (c.state) {
-case State::relaying: pump(c);@+ break;
-case State::connecting:
-  if (at_server) connect_done(c, ev.events);
-  else if (gone) finish(c, End::client_error);
-  break;
-case State::queued:@+ if (gone) finish(c, End::client_error);
-  break;
-case State::closed:@+ break;
+try {
+  switch (c.state) {
+  case State::relaying: pump(c);@+ break;
+  case State::connecting:
+    if (at_server) connect_done(c, ev.events);
+    else if (gone) finish(c, End::client_error);
+    break;
+  case State::queued:@+ if (gone) finish(c, End::client_error);
+    break;
+  case State::closed:@+ break;
+  }
+}
+catch (const std::bad_alloc &)@+{
+  out_of_memory(c);
 }
 
 @ {\it Closing.} |finish| is the one way a connection ends. It logs the
@@ -1134,7 +1220,8 @@ When the connection ends on an error (one side reset it, or a |send| failed),
 the other side is closed with an {\it abortive} close: |SO_LINGER| with a zero
 timeout makes |close| send a reset instead of a normal end of stream. A client
 whose download was cut must not take the truncated file for a complete one,
-and a normal close would tell it exactly that. Ends that are not errors (the
+and a normal close would tell it exactly that. A relay cut for want of
+memory is such a cut too. Ends that are not errors (the
 idle timeout, the end of the grace period) close normally.
 
 @<Members of |Worker|@>=
@@ -1142,7 +1229,9 @@ void finish(Connection &c, End why)
 {
   @<Log the finished connection if \.{-v} was given@>@;
   @<Tell the pool that |c| no longer uses its destination@>@;
-  if (why == End::client_error || why == End::server_error) {
+  bool cut = why == End::client_error || why == End::server_error@|
+    || (why == End::no_resources && c.state == State::relaying);
+  if (cut) {
     close_with_reset(c.client.fd);
     close_with_reset(c.server.fd);
   }
@@ -1196,11 +1285,14 @@ formatted by the worker itself without any lock (chapter {\sl Logging}).
 @<Log the finished...@>=
 if (shared.cfg.verbose) {
   double waited = c.connected ? (c.connected - c.accepted) / double(msec) : -1;
-  std::string to = c.dest >= 0 ? shared.pool[c.dest].name : "-";
-  Log(Level::info, "%s -> %s %s up %llu down %llu connect %.1f ms total %.1f ms%s%s",
-    addr_to_string(c.from).c_str(), to.c_str(), end_name(why),@|
-    ull(c.up.bytes), ull(c.down.bytes), waited, (now - c.accepted) / double(msec),@|
-    c.error ? " " : "", c.error ? std::strerror(c.error) : "");
+  const char *to = c.dest >= 0 ? shared.pool[c.dest].name.c_str() : "-";
+  try {
+    Log(Level::info, "%s -> %s %s up %llu down %llu connect %.1f ms total %.1f ms%s%s",
+      addr_to_string(c.from).c_str(), to, end_name(why),@|
+      ull(c.up.bytes), ull(c.down.bytes), waited, (now - c.accepted) / double(msec),@|
+      c.error ? " " : "", c.error ? std::strerror(c.error) : "");
+  }
+  catch (const std::bad_alloc &)@+{@+} /* without memory the line is lost, not the end */
 }
 
 @ The names of the ways a connection ends, as they appear in that line.
@@ -1501,7 +1593,8 @@ so that a busy worker does not call the allocator twice per read; beyond
 |spare_max| they are freed. A new buffer is not filled with zeros, as
 |std::make_unique<char[]>| would do (writing 256\,KiB for nothing): |recv|
 writes every byte that is later read. The pool belongs to one worker, so it
-needs no lock.
+needs no lock. Its list of spares has room for |spare_max| from the start, so
+that |give|, which |finish| calls, never allocates (|out_of_memory|).
 
 @<Relay buffers@>=
 using Buffer = std::unique_ptr<char[]>;
@@ -1509,6 +1602,7 @@ constexpr std::size_t buffer_size = 256 * 1024;
 constexpr std::size_t spare_max = 8;
 class BufferPool {@/
 public:@/
+  BufferPool()@+{@+ spare_.reserve(spare_max);@+}
   Buffer take()
   {
     if (spare_.empty()) return Buffer(new char[buffer_size]);
@@ -1580,6 +1674,7 @@ a stream that is over.
 @<Relay buffers@>=
 class PipePool {@/
 public:@/
+  PipePool()@+{@+ spare_.reserve(spare_max);@+}
   bool take(Pipe &p, std::size_t budget)
   {
     if (!spare_.empty()) {
@@ -2052,7 +2147,10 @@ void run_ready()
     round.push_back(c);
   }
   for (@[Connection *c@,:@,round@])
-    if (c->state == State::relaying) pump(*c);
+    if (c->state == State::relaying) {
+      try {@+ pump(*c);@+ }
+      catch (const std::bad_alloc &)@+{@+ out_of_memory(*c);@+ }
+    }
 }
 
 @ Exercises.
@@ -2108,7 +2206,7 @@ are atomics, so that the statistics can read them without the lock.
 struct Destination {@/
   std::string name; /* the resolved address, for the log */
   SockAddr addr;@/
-  unsigned weight = 1; /* its share of new clients; fixed at start-up */
+  unsigned weight = 1; /* its share of new clients; fixed at start-up, a sum if given twice */
   unsigned active = 0; /* connections now, guarded by |Pool::m_| */
   unsigned failures = 0; /* consecutive failed connects, ditto */
   bool down = false; /* marked down by a failed connect; ditto */
@@ -2158,7 +2256,7 @@ class Pool {@/
 public:@/
   Algorithm algorithm = Algorithm::leastconn;@/
   Time backoff_cap = 5 * sec;@/
-  void add(const SockAddr &a, unsigned weight = 1);@/
+  std::size_t add(const SockAddr &a, unsigned weight = 1);@/
   std::size_t size() const@+{@+ return dests_.size();@+}
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
   Pick pick(Time now);@/
@@ -2181,16 +2279,25 @@ private:@/
 Time backoff(unsigned failures, Time cap);
 
 @ |add| is called by the main thread before any worker exists, so it takes no
-lock; the name is computed once here rather than at every log line.
+lock; the name is computed once here rather than at every log line. An
+address already in the pool is not added again: its weight grows by the new
+one. |add| returns the index of the destination either way.
 
 @<Functions@>=
-void Pool::add(const SockAddr &a, unsigned weight)
+std::size_t Pool::add(const SockAddr &a, unsigned weight)
 {
+  std::string name = addr_to_string(a);
+  for (std::size_t i = 0; i < dests_.size(); ++i)
+    if (dests_[i].name == name) {
+      dests_[i].weight += weight;
+      return i;
+    }
   dests_.emplace_back();
   dests_.back().addr = a;
-  dests_.back().name = addr_to_string(a);
+  dests_.back().name = name;
   dests_.back().weight = weight;
   dests_.back().changed_at = now_us();
+  return dests_.size() - 1;
 }
 
 @ {\it Which destinations are usable.} A destination that failed its health
@@ -3048,14 +3155,26 @@ and an ignored signal is discarded before it can reach a |signalfd|.
 |SIGPIPE| is ignored. Every |send| passes |MSG_NOSIGNAL| already, but a
 write to a closed standard error would still raise it.
 
+|SIGHUP| is read from the same descriptor. Its default action ends the
+process at once, and our first version left it so: the terminal that
+started the balancer closing, or an operator's \.{kill -HUP} out of the
+habit that nginx and HAProxy teach, cut every connection without a drain or
+a summary. Those two programs reload their configuration on |SIGHUP|; ours
+has none to reload (a new configuration is a new process, chapter {\sl
+Operations}), so |SIGHUP| does what HAProxy's also does besides: it writes
+the state of every destination to the log, and changes nothing.
+@.SIGHUP: nothing to reload@>
+
 @<Block the signals and open |signals|@>=
 std::signal(SIGPIPE, SIG_IGN);
 std::signal(SIGINT, SIG_DFL);
 std::signal(SIGTERM, SIG_DFL);
+std::signal(SIGHUP, SIG_DFL);
 sigset_t set;
 sigemptyset(&set);
 sigaddset(&set, SIGINT);
 sigaddset(&set, SIGTERM);
+sigaddset(&set, SIGHUP);
 if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) {
   throw std::runtime_error("pthread_sigmask");
 }
@@ -3095,6 +3214,12 @@ void take_signals()
 {
   signalfd_siginfo si;
   while (read(signals.get(), &si, sizeof si) == ssize_t(sizeof si)) {
+    if (si.ssi_signo == SIGHUP) {
+      Log(Level::info, "SIGHUP: nothing to reload; %zu connections open, %llu accepted",
+        shared.active.load(), ull(shared.accepted));
+      log_destinations();
+      continue;
+    }
     const char *name = si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM";
     if (!closing) begin_drain(name);
     else abort_connections(name);
@@ -3189,14 +3314,24 @@ int finish_up()
   if (checker) checker->stop();
   if (stats) stats->stop();
   for (@[auto &w@,:@,workers@]) w->runner.join();
-  for (std::size_t i = 0; i < shared.pool.size(); ++i) {
-    const Destination &d = shared.pool[i];
-    Log(Level::info, "destination %s: %llu connections, %llu failed connects, "@|
-      "%llu bytes up, %llu bytes down", d.name.c_str(),
-      ull(d.connections), ull(d.failed), ull(d.bytes_up), ull(d.bytes_down));
-  }
+  log_destinations();
   Log(Level::info, "stopped");
   return shared.failed ? 1 : 0;
+}
+
+@ The same lines answer |SIGHUP|, while the balancer runs; then a
+destination's state comes first, |up| or |down|.
+
+@<Members of |Balancer|@>=
+void log_destinations()
+{
+  for (std::size_t i = 0; i < shared.pool.size(); ++i) {
+    const Destination &d = shared.pool[i];
+    Log(Level::info, "destination %s: %s%llu connections, %llu failed connects, "@|
+      "%llu bytes up, %llu bytes down", d.name.c_str(),
+      closing ? "" : shared.pool.is_down(int(i)) ? "down, " : "up, ",
+      ull(d.connections), ull(d.failed), ull(d.bytes_up), ull(d.bytes_down));
+  }
 }
 
 @ Exercises.
@@ -3955,7 +4090,7 @@ command-line order.
 const Metric dest_metrics[] = {@/
   {Of::up, "iawlb_destination_up", "gauge",@|
     "1 if the destination is in service, 0 if down."},@/
-  {Of::weight, "iawlb_destination_weight", "gauge", "Share of new clients (1 to 256)."},@/
+  {Of::weight, "iawlb_destination_weight", "gauge", "Share of new clients (1 to 256, a sum if given twice)."},@/
   {Of::active, "iawlb_destination_active_connections", "gauge", "Connections now."},@/
   {Of::connections, "iawlb_destination_connections_total", "counter", "Successful connects."},@/
   {Of::failed, "iawlb_destination_failed_connects_total", "counter", "Failed connects."},@/
@@ -4683,8 +4818,14 @@ Endpoint parse_endpoint(std::string_view arg, const char *what)
 names. A destination without a host is \.{127.0.0.1}, IAWLB's
 ``localhost'' written as the address it meant; writing the name would let
 the resolver answer \.{::1} first, and a server listening on IPv4 only would
-then refuse every connect. When a name has several addresses the first is
-used, as IAWLB's author suspected it would be.
+then refuse every connect.
+
+|resolve_all| returns every address of the name, in the order of
+|getaddrinfo| (which sorts them by the rules of RFC~6724, IPv6 loopback
+first), each once: |getaddrinfo| may list one address twice, for instance
+when \.{/etc/hosts} has it on two lines. IAWLB, like our first version,
+used the first address, as its author suspected. Destinations use them all
+(|@<Resolve every destination@>|).
 @^IAWLB, departures from@>
 
 The list |getaddrinfo| returns must be freed with |freeaddrinfo|. IAWLB
@@ -4697,7 +4838,7 @@ throwing ones included.
 struct AddrinfoFree {
   void operator()(addrinfo *p) const@+{@+ freeaddrinfo(p);@+}
 };
-SockAddr resolve(const Endpoint &e, const char *what)
+std::vector<SockAddr> resolve_all(const Endpoint &e, const char *what)
 {
   std::string host = e.host.empty() ? "127.0.0.1" : e.host;
   std::string port = std::to_string(e.port);
@@ -4712,10 +4853,36 @@ SockAddr resolve(const Endpoint &e, const char *what)
       + (rc == EAI_SYSTEM ? std::strerror(errno) : gai_strerror(rc)));
 @.cannot resolve@>
   std::unique_ptr<addrinfo, AddrinfoFree> hold(res);
-  SockAddr a;
-  std::memcpy(&a.in6, res->ai_addr, std::min(std::size_t(res->ai_addrlen), sizeof a.in6));
-  a.len = res->ai_addrlen;
-  return a;
+  std::vector<SockAddr> all;
+  std::vector<std::string> names;
+  for (const addrinfo *p = res; p; p = p->ai_next) {
+    SockAddr a;
+    std::memcpy(&a.in6, p->ai_addr, std::min(std::size_t(p->ai_addrlen), sizeof a.in6));
+    a.len = p->ai_addrlen;
+    std::string name = addr_to_string(a);
+    if (std::find(names.begin(), names.end(), name) != names.end()) continue;
+    names.push_back(name);
+    all.push_back(a);
+  }
+  return all;
+}
+
+@ A listening socket has one address, so |resolve|, which the listen and
+statistics addresses go through, refuses a name with several: which of them
+the user meant is a guess, and guessing wrong would leave half the clients
+refused, or expose the balancer on an address it was not meant to have. The
+message lists the addresses, so that the user can pick one.
+
+@<Functions@>=
+SockAddr resolve(const Endpoint &e, const char *what)
+{
+  std::vector<SockAddr> all = resolve_all(e, what);
+  if (all.size() == 1) return all.front();
+  std::string text;
+  for (@[const SockAddr &a@,:@,all@]) text += (text.empty() ? "" : ", ") + addr_to_string(a);
+  throw std::runtime_error(std::string(what) + " '" + e.text + "' has "@|
+    + std::to_string(all.size()) + " addresses (" + text + "): give one of them");
+@.has ... addresses@>
 }
 
 @ {\it Durations and counts.} A duration is a whole number followed by
@@ -4936,6 +5103,7 @@ std::system_error sys_error(const std::string &what);
 Time now_us();
 std::string addr_to_string(const SockAddr &a);
 SockAddr resolve(const Endpoint &e, const char *what);
+std::vector<SockAddr> resolve_all(const Endpoint &e, const char *what);
 std::string get_addr(std::string_view arg);
 std::string get_port(std::string_view arg);
 std::uint16_t parse_port(std::string_view s);
@@ -5022,10 +5190,12 @@ Write a libFuzzer target that splits its input at zero bytes into an
 |argv| and calls |parse_args|; build it with \.{clang++ -fsanitize=fuzzer,address}
 and run it for a minute. What must the target catch, and what must it never
 see?
-\item{2.} |resolve| keeps the first address of a name. Change it to keep all
-of them and to try the next one when a connect is refused. Where does the
-state of ``which address of this destination'' belong: in the |Pool| or in
-the |Connection|?
+\item{2.} A name's addresses become separate destinations. The other way,
+which most programs that call |connect| take, is one destination that tries
+its addresses in turn, the next one when a connect is refused. Sketch it.
+Where does the state ``which address of this destination'' belong: in the
+|Pool| or in the |Connection|? What do the statistics and the health checks
+report for such a destination when one of its addresses is dead?
 \item{3.} Remove the line |fd_ = o.release()| from |unique_fd|'s move
 constructor (leave |fd_| at $-1$). Which test fails? Now make it copy the
 descriptor instead (|fd_ = o.fd_|): what happens, and which tool tells you?
