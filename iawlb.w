@@ -3936,6 +3936,7 @@ shortage is logged once, and its end too.
 @.statistics: accepting again@>
 
 @<Members of |StatsServer|@>=
+static bool older(const Client &a, const Client &b)@+{@+ return a.deadline < b.deadline;@+}
 void accept_clients(Time now)
 {
   for (std::size_t k = 0; k < stats_clients; ++k) {
@@ -3957,9 +3958,7 @@ void accept_clients(Time now)
       Log(Level::info, "statistics: accepting again");
     }
     if (clients_.size() == stats_clients) {
-      auto oldest = std::min_element(clients_.begin(), clients_.end(),
-        [](const Client &a, const Client &b)@+{@+ return a.deadline < b.deadline;@+});
-      clients_.erase(oldest);
+      clients_.erase(std::min_element(clients_.begin(), clients_.end(), older));
     }
     clients_.emplace_back();
     clients_.back().fd.reset(fd);

@@ -1,10 +1,11 @@
 // Integration tests for the edges of TCP and of the balancer's resources that a
 // review found the relay mishandling (issue 11): urgent data, a server's early
 // answer, a reset after a half-close, clients waiting in the backlog at the moment
-// of a SIGTERM at the connection limit, local ports running out, a host name with
-// several addresses, the statistics server under slow clients and without
-// descriptors, memory running out in a worker, and queued clients when a
-// destination comes back. Each test failed against iawlb 1.1.0 and passes now.
+// of a SIGTERM at the connection limit, local ports running out, queued clients
+// when a destination comes back, the statistics server under slow clients and
+// without descriptors, a host name with several addresses and an address given
+// twice, SIGHUP, and memory running out in a worker. Each test failed against
+// iawlb 1.1.0 and passes now.
 //
 // Every wait is bounded; the tests assert what must happen (bytes, ends, counts),
 // not how fast.
