@@ -187,11 +187,12 @@ if (closed_)
 @.SyncedList: enqueue after close@>
 
 @ |pop| waits until there is an item or the list is closed, then takes the
-oldest item if there is one. IAWLB returned |false| when its wait ended with an
-empty list, which could happen on a spurious wake-up, so its workers spun in
-the loop |while (!accepted_sock.pop(&sockcaller))| until a |pop| succeeded.
-Here |false| has a single meaning:
-closed and empty, nothing more will ever come.
+oldest item if there is one. IAWLB's |pop| returned |false| when it found
+the list empty after waiting, but that could not happen: its |waitdata|
+already waited in a loop until the list held an item (spurious wake-ups
+included), so the worker's loop |while (!accepted_sock.pop(&sockcaller))|
+never turned twice, and |false| meant nothing. Here |false| has a single
+meaning: closed and empty, nothing more will ever come.
 @^IAWLB, departures from@>
 
 @<Pop and enqueue@>=

@@ -230,7 +230,7 @@ from''. The main ones:
 \row No signals, no graceful end&
   $\to$ \.{SIGTERM} drains the connections in flight
   (chapter {\sl Signals and graceful end}).\cr
-\row The listen address was ignored; 32 destinations at most; |listen| with a
+\row No listen address (one made it refuse to start); 32 destinations at most; |listen| with a
   backlog of $1+{}$threads&
   $\to$ every address honoured, no limit, the kernel's full backlog
   (this chapter).\cr
@@ -477,10 +477,11 @@ explicit Balancer(const Config &cfg)
 }
 
 @ The listen argument is \.{PORT}, \.{IP:PORT} or \.{[IPv6]:PORT}. IAWLB called
-|getaddrinfo(NULL, argv[1], ...)|, which looks only at the port: the address
-part was silently dropped, and a balancer told to listen on \.{127.0.0.1:8080}
-listened on every interface, reachable from the network. We honour the
-address. A bare port means every interface, as in HAProxy's \.{bind :PORT}:
+|getaddrinfo(NULL, argv[1], ...)|, which takes its second argument as a
+port number or a service name from \.{/etc/services}. Told to listen on
+\.{127.0.0.1:8080}, glibc's |getaddrinfo| finds no such service and fails
+with ``Servname not supported for ai\_socktype'', and IAWLB exited: it could
+listen on every interface or not at all. We honour the address. A bare port means every interface, as in HAProxy's \.{bind :PORT}:
 we open one IPv6 socket on \.{::} with |IPV6_V6ONLY| off, which accepts IPv4
 clients too (they appear as \.{::ffff:a.b.c.d}), and fall back to \.{0.0.0.0}
 on a kernel without IPv6.
@@ -706,7 +707,8 @@ In IAWLB each destination had one worker, a POSIX thread created by
 |new_dispatcher| and running |process_request|. The thread popped a socket,
 resolved and connected to its destination with blocking calls, read one
 request of at most 256\,KiB, sent it, waited up to 31 seconds for one answer,
-sent that back, closed both sockets, slept 50\,ms, and popped the next socket.
+sent that back, closed both sockets, slept half a second (a |timespec| of
+500,000,000\,ns, though its comment says 50\,ms), and popped the next socket.
 @^IAWLB, departures from@>
 
 That design fails in three ways, each easy to see with a few terminals:
@@ -4679,8 +4681,10 @@ port.
 
 IAWLB's |get_addr| and |get_port| split at the first colon, so an IPv6
 address such as \.{::1:9001} was cut in the wrong place; and neither checked
-anything: \.{iawlb abc 9001} listened on the port that |getaddrinfo| made of
-\.{abc}, and a port of 70000 was passed on to be truncated. Ours split at the
+anything: the listen argument went to |getaddrinfo| as it was, so that
+\.{http} listened on port~80 (a service name) and \.{abc} stopped the program
+with |getaddrinfo|'s message, and a destination's port of 70000 was passed on
+to be truncated. Ours split at the
 closing bracket for IPv6, demand brackets when an address has more than one
 colon, and leave the checks to |parse_port|. They throw
 |std::invalid_argument| with a reason; the caller adds which argument it was.
