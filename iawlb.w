@@ -186,8 +186,9 @@ the same two files. As root, in a clone of the repository:
 \item{} \.{make} runs \.{ctangle} and \.{g++} to make \.{./iawlb}, and \.{cweave},
 \.{mpost} (for the figures) and \.{pdftex} to make this book, \.{doc/iawlb.pdf};
 \item{} \.{make check} runs the unit and integration tests, and
-\.{make check-all} everything: the book, the tests again under two
-sanitizers, the manual page and a short run of the fuzzers;
+\.{make check-all} everything: the book, the manual page, the tests again
+under two sanitizers, a short run of the fuzzers, and a one-minute soak in
+each of the three builds;
 \item{} \.{make demo} starts three small web servers and the balancer in front
 of them, sends thirty requests and shows where each went.
 \smallskip
@@ -3154,8 +3155,10 @@ Their dispositions are first reset to the default: a shell starting a
 program in the background without job control sets |SIGINT| to ``ignored'',
 and an ignored signal is discarded before it can reach a |signalfd|.
 
-|SIGPIPE| is ignored. Every |send| passes |MSG_NOSIGNAL| already, but a
-write to a closed standard error would still raise it.
+|SIGPIPE| is ignored, for two reasons. Every |send| passes |MSG_NOSIGNAL|,
+but |splice| has no such flag: a splice into a socket whose peer has reset
+it raises the signal (chapter {\sl The relay}). And a write of the log to a
+standard error that is a closed pipe would raise it too.
 
 |SIGHUP| is read from the same descriptor. Its default action ends the
 process at once, and our first version left it so: the terminal that
@@ -5408,7 +5411,11 @@ the pool's rules, the PROXY headers (\.{tests/test\_unit.cpp});
 real servers on the loopback interface: the relay, balancing and the
 graceful end (\.{test\_integration.cpp}), the features of chapter
 {\sl Operations} (\.{test\_ops.cpp}), and peers that misbehave on purpose
-(\.{test\_hostile.cpp});
+(\.{test\_hostile.cpp}), and the edges of TCP and of the balancer's
+resources that a review found mishandled (\.{test\_edges.cpp}): urgent
+data, early answers, resets after a half-close, the backlog at a
+\.{SIGTERM}, local ports, descriptors and memory running out, names with
+several addresses;
 \item{$\bullet$} the same suites again with the balancer built under
 AddressSanitizer with UndefinedBehaviorSanitizer, and under
 ThreadSanitizer, which report a bad memory access or a data race even when
@@ -5418,7 +5425,8 @@ the test itself passes;
 messages that spanned several lines (|printable|);
 \item{$\bullet$} a soak (\.{make soak}), a seeded random mix of clients for
 ten minutes while destinations are killed and restarted, which checks every
-byte, every error, and the balancer's descriptors, threads and memory.
+byte, every error, and the balancer's descriptors, threads and memory
+(one minute in each build in \.{make check-all}).
 \smallskip
 
 @ Exercises.
