@@ -1715,7 +1715,7 @@ so that |connection_capacity| can set its descriptors aside.
 @<Functions@>=
 std::size_t pipe_budget(rlim_t files, unsigned workers)
 {
-  return std::min<rlim_t>(32, files / (64 * rlim_t(workers)));
+  return std::min(rlim_t(32), files / (64 * rlim_t(workers)));
 }
 
 @ {\it Pumping a connection.} |pump| runs the two halves, client to server
