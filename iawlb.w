@@ -245,10 +245,14 @@ from''. The main ones:
 }
 \smallskip
 
-\noindent The seed does not even compile with a current \.{g++}: its
-|main| jumps over initialised variables, compares a |size_t| with an |int|,
-and its |enqueue| takes a non-constant reference to a temporary. None of its
-code is kept; its names are.
+\noindent The seed does not even compile with a current \.{g++}. Version 12.2
+rejects three of its lines, each a |static_cast| between pointers to
+unrelated structures, which only a C cast or a |reinterpret_cast| may do:
+the address of the |sockaddr_storage| that its loop hands to |accept|, and
+the two in |get_in_addr|. The first message is
+$$\hbox{\.{error: invalid 'static\_cast' from type 'sockaddr\_storage*' to type 'sockaddr*'}}$$
+and the other two say the same of \.{sockaddr*} to \.{sockaddr\_in*} and to
+\.{sockaddr\_in6*}. None of its code is kept; its names are.
 
 @ The program is four files. Three are {\it tangled} from this {\it web}, the
 CWEB source \.{iawlb.w} of this book: \.{ctangle} collects its code
