@@ -466,6 +466,13 @@ std::vector<std::string> with_hosts(const std::string& hosts) {
     return {"unshare", "-m", "sh", "-c", "mount --bind \"$0\" /etc/hosts && exec \"$@\"", hosts};
 }
 
+// Writes a hosts file with `lines` after the localhost line, in `dir`; its path.
+std::string hosts_file(const TempDir& dir, const std::string& lines) {
+    const std::string path = dir.file("hosts");
+    REQUIRE(write_file(path, "127.0.0.1 localhost\n" + lines));
+    return path;
+}
+
 }  // namespace
 
 TEST_CASE("a host name with several addresses: each one is a destination; a dead first one does not hold the clients",
@@ -474,8 +481,7 @@ TEST_CASE("a host name with several addresses: each one is a destination; a dead
     // The first version used the first address alone and sent every client to the
     // dead one.
     TempDir dir;
-    const std::string hosts = dir.file("hosts");
-    REQUIRE(write_file(hosts, "127.0.0.1 localhost\n::1 multi.test\n127.0.0.1 multi.test\n"));
+    const std::string hosts = hosts_file(dir, "::1 multi.test\n127.0.0.1 multi.test\n");
     auto b = Backend::make(Kind::Name, "A");
     const std::string p = std::to_string(b->port());
     const uint16_t lp = free_port();
@@ -491,12 +497,12 @@ TEST_CASE("a host name with several addresses: each one is a destination; a dead
 TEST_CASE("a listen address with several addresses is refused in one line that names them",
           "[integration][edges]") {
     TempDir dir;
-    const std::string hosts = dir.file("hosts");
-    REQUIRE(write_file(hosts, "127.0.0.1 localhost\n::1 multi.test\n127.0.0.1 multi.test\n"));
+    const std::string hosts = hosts_file(dir, "::1 multi.test\n127.0.0.1 multi.test\n");
     const std::string lp = std::to_string(free_port());
     std::vector<std::string> argv = with_hosts(hosts);
     argv.push_back(iawlb_path());
-    for (const std::string& a : {"multi.test:" + lp, std::string("9")}) argv.push_back(a);
+    argv.push_back("multi.test:" + lp);
+    argv.push_back("9");
     Process p(argv, /*separate_stdout=*/true);
     ExitStatus st = p.wait_exit(kIo);
     const std::vector<std::string> lines = split_lines(p.log());
@@ -513,8 +519,7 @@ TEST_CASE("one address given twice is one destination: weights added up, one war
     // one.test:P and 127.0.0.1:P@2 are the same server. As two destinations they
     // gave two samples with the same labels, which the exposition format forbids.
     TempDir dir;
-    const std::string hosts = dir.file("hosts");
-    REQUIRE(write_file(hosts, "127.0.0.1 localhost\n127.0.0.1 one.test\n"));
+    const std::string hosts = hosts_file(dir, "127.0.0.1 one.test\n");
     auto a = Backend::make(Kind::Name, "A");
     auto b = Backend::make(Kind::Name, "B");
     const std::string pa = std::to_string(a->port());
