@@ -11,6 +11,7 @@
 #   make install    copy ./iawlb, doc/iawlb.1, the book and doc/iawlb.service
 #                   under $(DESTDIR)$(PREFIX) (PREFIX is /usr/local unless given)
 #   make uninstall  remove exactly the files that make install copied
+#   make check-pages fail if a page inside a chapter is more than a third empty
 #   make check-man  render doc/iawlb.1 with groff; fail on any warning
 #   make fuzz       libFuzzer on the address and argument parsers, FUZZ_SECONDS (60) each
 #   make soak       SOAK_SECONDS (600) of seeded random load, backends killed and
@@ -41,7 +42,7 @@ DEPS_DEB := make g++ clang netcat-openbsd libclang-rt-14-dev texlive-binaries te
             haproxy nginx-light libnginx-mod-stream pen wrk strace iproute2
 
 .DELETE_ON_ERROR:
-.PHONY: all check check-asan check-tsan check-all demo bench bench-quick profile deps clean doc
+.PHONY: all check-pages check check-asan check-tsan check-all demo bench bench-quick profile deps clean doc
 
 all: iawlb doc/iawlb.pdf
 
@@ -119,6 +120,7 @@ one = if $(MAKE) $(2); then r='1\t0'; else r='0\t1'; fi; printf "$(1)\t$$r\n" >>
 check-all:
 	@mkdir -p build; rm -f build/results-more
 	@$(call one,book (0 TeX warnings),doc)
+	@$(call one,book pages (none inside a chapter more than a third empty),check-pages)
 	@$(call one,man page (0 groff warnings),check-man)
 	-$(MAKE) check
 	-$(MAKE) check-asan
@@ -175,6 +177,11 @@ $(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUIL
 	  echo "$(BUILD)/doc/iawlb.log: $$bad bad boxes or warnings"; rm -f $@; exit 1; fi
 
 doc: doc/iawlb.pdf
+
+# check-pages fails if a page inside a chapter is more than a third empty
+# (doc/page-fill.py says how it measures): the book's pages are full.
+check-pages: doc/iawlb.pdf
+	python3 doc/page-fill.py doc/iawlb.pdf $(BUILD)/doc/iawlb.toc
 
 # ---------------------------------------------------------------- installing
 # Where the files go is the book's section "Installing" (chapter Operations):

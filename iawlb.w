@@ -27,8 +27,19 @@
 \emergencystretch=2em % lets TeX loosen a line around a long identifier
 \input supp-pdf.mkii % \convertMPtoPDF places the MetaPost figures of doc/figures.mp
 \input benchtable % \benchtable and \benchdate: the cited run of bench/run.py (see the Makefile)
-\def\figure#1#2{\medskip\centerline{\convertMPtoPDF{figures-#1.mps}{1}{1}}
-  \smallskip\centerline{\eightrm Figure #1. #2}\medskip}
+% A figure floats: it stays where it is written if it fits on the page, and
+% goes to the top of the next page otherwise, while the text goes on filling
+% this one.
+\def\figure#1#2{\midinsert\centerline{\convertMPtoPDF{figures-#1.mps}{1}{1}}
+  \smallskip\centerline{\eightrm Figure #1. #2}\medskip\endinsert}
+% cwebmac begins a section with \vfil\penalty-100\vfilneg, which makes a page
+% break before any section free, however much of the page it leaves empty, so
+% TeX ends pages early rather than inside a long section. Here a section start
+% is still the preferred break, but the space it leaves is paid for by the
+% stretch of \topskip, as on a ragged-bottom page: a page may end a few lines
+% short, not half empty.
+\outer\def\M#1{\MN{#1}\ifon\penalty-100\vskip\intersecskip\startsection\ignorespaces}
+\topskip=10pt plus 0.15\vsize
 % The contents go on the first page, with the title. cwebmac writes them to
 % iawlb.toc at the end of a run and prints them last; the Makefile runs pdftex
 % twice, and the second run reads the first run's file here. \nocon drops the
@@ -186,7 +197,8 @@ the same two files. As root, in a clone of the repository:
 \item{} \.{make} runs \.{ctangle} and \.{g++} to make \.{./iawlb}, and \.{cweave},
 \.{mpost} (for the figures) and \.{pdftex} to make this book, \.{doc/iawlb.pdf};
 \item{} \.{make check} runs the unit and integration tests, and
-\.{make check-all} everything: the book, the manual page, the tests again
+\.{make check-all} everything: the book (no \TeX\ warning, no page inside a
+chapter more than a third empty), the manual page, the tests again
 under two sanitizers, a short run of the fuzzers, and a one-minute soak in
 each of the three builds;
 \item{} \.{make demo} starts three small web servers and the balancer in front
