@@ -143,6 +143,8 @@ $(BUILD)/doc/iawlb.tex: $(WEBS)
 	@mkdir -p $(BUILD)/doc
 	cd $(BUILD)/doc && CWEBINPUTS=$(CURDIR) cweave $(CURDIR)/iawlb.w - iawlb.tex; \
 	  rc=$$?; if [ $$rc -ge 10 ]; then exit $$rc; fi
+	awk -f doc/index-filter.awk $(BUILD)/doc/iawlb.idx > $(BUILD)/doc/iawlb.idx.new \
+	  && mv $(BUILD)/doc/iawlb.idx.new $(BUILD)/doc/iawlb.idx
 
 # The figures are MetaPost programs in doc/figures.mp; mpost writes one
 # figures-N.mps file per figure next to the TeX file that places them.

@@ -139,6 +139,7 @@ was counted in |waiting_| and went to sleep {\it inside} |wait|, which releases
 the mutex and starts waiting in one atomic step; the producer could take the
 mutex only after that, so when it reads |waiting_| the consumer is already a
 sleeper that |notify_one| will reach.
+@^lost wake-up@>
 
 Items are moved, not copied, so the list also carries move-only types such as
 the balancer's accepted sockets, whose descriptor must have exactly one owner.
@@ -194,6 +195,7 @@ included), so the worker's loop |while (!accepted_sock.pop(&sockcaller))|
 never turned twice, and |false| meant nothing. Here |false| has a single
 meaning: closed and empty, nothing more will ever come.
 @^IAWLB, departures from@>
+@^spurious wake-up@>
 
 @<Pop and enqueue@>=
 bool pop(T *dst)

@@ -24,6 +24,13 @@
 \def\V{\mathbin{\hbox{\tt\char124\char124}}}
 \def\vb#1{\hbox{\.{#1}}} % @@=&&@@> in code: an rvalue reference, set without cweave's frame
 \def\pipe{\char124 } % a vertical bar inside \.{...}
+% Inside a string cweave prints each space as the visible-space glyph \SP,
+% which helps in a short string and turns a page of help text into noise.
+% \plainspaces, given in a section's commentary, makes the spaces of the
+% strings that follow blank, with the width of a letter; \visiblespaces, in
+% the next section, brings the glyph back.
+\def\plainspaces{\gdef\SP{{\setbox0\hbox{x}\kern\wd0}}}
+\def\visiblespaces{\gdef\SP{{\tt\char`\ }}}
 \emergencystretch=2em % lets TeX loosen a line around a long identifier
 \input supp-pdf.mkii % \convertMPtoPDF places the MetaPost figures of doc/figures.mp
 \input benchtable % \benchtable and \benchdate: the cited run of bench/run.py (see the Makefile)
@@ -389,7 +396,9 @@ struct Config {@/
 };
 
 @ The usage text is printed by \.{--help}. It shows each default, and for the
-two defaults that depend on the machine, the value they take here.
+two defaults that depend on the machine, the value they take here. Its
+strings are printed here as the terminal shows them, spaces blank.
+\plainspaces
 
 @<Write the usage text@>=
 std::string s = "usage: iawlb [OPTIONS] LISTEN DEST [DEST...]\n\n"@/
@@ -434,6 +443,7 @@ s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"
 return s;
 
 @ |usage| returns that text; |main| prints it for \.{--help}.
+\visiblespaces
 
 @<Functions@>=
 std::string usage()
@@ -765,6 +775,7 @@ of bytes, which a worker does for each connection, is the next chapter.
 
 @ {\it Ownership.} The rules that make the worker safe without locks on its
 connections are about who owns what:
+@^ownership@>
 
 \smallskip
 \item{$\bullet$} An accepted socket belongs to exactly one thread at a time. The
@@ -974,6 +985,7 @@ worker has not yet drained those items, and every read of |wake| is followed
 by a drain, so that drain will take the new items too. A write that finds the
 worker awake is not lost either: an |eventfd| keeps its count until read, and
 |epoll| reports it on the next call.
+@^lost wake-up@>
 
 The order ``phase, then drain'' matters at the end. The acceptor closes every
 inbox {\it before} it changes the phase. A worker that reads the new phase and
@@ -1151,6 +1163,7 @@ The worker remembers the news in two flags per socket, |readable| and
 |writable|, and clears a flag only when the socket says it has nothing more
 (|EAGAIN|, or a short read or write, |@<Receive from...@>|).
 That costs no system call at all when the relay pauses.
+@^edge-triggered mode@>
 
 The event's |data| field carries the |Connection| pointer with its lowest bit
 telling the side: 0 for the client, 1 for the server. The bit is free because
@@ -1558,6 +1571,8 @@ ended, not before.
 \item{4.} {\it An error ends both.} A reset or any other error on either side
 closes both sockets, the other one with a reset (|finish|).
 \smallskip
+@^half-close@>
+@^backpressure@>
 
 @ A |Peer| is one socket with what the worker knows about it: whether it may
 be readable or writable (the edge-triggered flags
@@ -1653,6 +1668,7 @@ and backpressure works as before, since the half reads only when its pipe is
 empty. Chapter {\sl Performance} measures what this saves.
 @^Linux dependencies@>
 @^IAWLB, departures from@>
+@^zero copy@>
 
 Splicing is not for every stream. A pipe costs two descriptors and a
 |pipe2| call, and a splice in and a splice out are two system calls, as many
@@ -2882,6 +2898,7 @@ the value of |active| that it reads just before |poll|. If a worker
 decremented from the limit before that read, the acceptor sees a free place
 and watches; if after, the worker's write to |wake| is waiting when |poll|
 starts, and |poll| returns at once.
+@^lost wake-up@>
 
 @<Members of |Shared|@>=
 void notify_acceptor()@+{@+ write_eventfd(wake.get());@+}
@@ -5472,3 +5489,11 @@ ThreadSanitizer; K.~Serebryany and T.~Iskhodzhanov, ``ThreadSanitizer: data
 race detection in practice'' (2009).
 
 @* Index.
+Every identifier of the program is listed with the sections that use it; an
+underlined number is where it is defined. Concepts are listed too, in roman
+type: {\it half-close}, {\it backpressure}, {\it edge-triggered mode}, {\it
+lost wake-up}, {\it spurious wake-up}, {\it ownership}, {\it lock order},
+{\it backlog}, {\it zero copy}, and {\it IAWLB, departures from}, which
+finds every place where this program leaves the original. Names of one
+letter and the namespace |std| are left out (\.{doc/index-filter.awk}):
+they are on nearly every page and would bury the rest.
