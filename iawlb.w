@@ -367,90 +367,6 @@ if (cfg.version) {
 @<Interface types@>=
 constexpr const char *iawlb_version = "1.1.0";
 
-@ The configuration is everything the command line can say. Times are kept in
-microseconds (|@<Basic types@>|); zero for |workers| and
-|max_conn| means ``choose for me when starting'', because the right values
-depend on the machine, not on the command line.
-
-@<Interface types@>=
-enum class Algorithm {@+ leastconn, roundrobin@+};
-enum class Proxy {@+ none, v1, v2@+}; /* which PROXY protocol header to send */
-struct Config {@/
-  Endpoint listen; /* where clients connect */
-  std::vector<Endpoint> dests; /* where they are sent */
-  unsigned workers = 0; /* 0: one per CPU */
-  std::size_t max_conn = 0; /* 0: derived from the open-file limit */
-  Algorithm algorithm = Algorithm::leastconn;
-  Time connect_timeout = 3 * sec;
-  Time idle_timeout = 300 * sec; /* 0: never */
-  Time queue_timeout = 10 * sec;
-  Time grace = 30 * sec;
-  Time backoff_max = 5 * sec;
-  Time check_interval = 0; /* 0: no health checks */
-  unsigned rise = 2, fall = 3; /* passed or failed checks that change the state */
-  std::size_t queue_max = 0; /* 0: no limit but |max_conn| */
-  std::optional<Endpoint> stats; /* where to serve the statistics */
-  Proxy proxy = Proxy::none;@/
-  bool reuseport = false;@/
-  bool verbose = false, help = false, version = false;@/
-};
-
-@ The usage text is printed by \.{--help}. It shows each default, and for the
-two defaults that depend on the machine, the value they take here. Its
-strings are printed here as the terminal shows them, spaces blank.
-\plainspaces
-
-@<Write the usage text@>=
-std::string s = "usage: iawlb [OPTIONS] LISTEN DEST [DEST...]\n\n"@/
-"Accept TCP connections on LISTEN and relay each one to a DEST.\n\n"@/
-"  LISTEN  PORT (every interface), HOST:PORT or [IPv6]:PORT\n"@/
-"  DEST    PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT, then @@W for a\n"@/
-"          weight W from 1 to 256 (default: 1)\n\n"@/
-"Options (D is a duration: 250ms, 3s, 2m, 1h, or a number of seconds):\n";
-s += "  -w, --workers N          worker threads (default: one per CPU, "
-  + std::to_string(cpu_count()) + " here)\n";
-s += "  -c, --max-conn N         clients served at once, more wait in the backlog\n"@/
-  "                           (default: from the open-file limit, "
-  + std::to_string(default_max_conn(cpu_count())) + " here)\n";
-s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"@/
-"      --connect-timeout D  give up connecting to a destination (default: 3s)\n"@/
-"      --idle-timeout D     close a connection idle this long, 0: never\n"@/
-"                           (default: 5m)\n"@/
-"      --queue-timeout D    how long a client waits while every destination\n"@/
-"                           is down (default: 10s)\n"@/
-"      --grace D            time left to open connections after SIGTERM or\n"@/
-"                           SIGINT (default: 30s)\n"@/
-"      --backoff-max D      longest wait before a down destination is tried\n"@/
-"                           again (default: 5s)\n"@/
-"      --check-interval D   probe each DEST with a TCP connect every D\n"@/
-"                           (default: 0, off)\n"@/
-"      --rise N, --fall N   checks passed to bring a DEST back (default: 2),\n"@/
-"                           failed to take it out (default: 3)\n"@/
-"      --queue-max N        clients that may wait while every DEST is down; more\n"@/
-"                           are closed at once (default: 0, no limit)\n"@/
-"      --stats ADDR:PORT    serve /metrics (Prometheus text) over HTTP there\n"@/
-"                           (a bare PORT means 127.0.0.1)\n"@/
-"      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
-"      --send-proxy-v2      send a PROXY protocol v2 header to each DEST\n"@/
-"      --reuseport          let another iawlb listen on LISTEN too\n"@/
-"                           (SO_REUSEPORT)\n"@/
-"  -v, --verbose            log one line per finished connection\n"@/
-"  -h, --help               print this help and exit\n"@/
-"  -V, --version            print the version and exit\n\n"@/
-"SIGTERM or SIGINT: stop accepting, let open connections finish, exit 0.\n"@/
-"A second signal: close everything and exit at once.\n"@/
-"SIGHUP: log the state of every destination; nothing else changes.\n";
-return s;
-
-@ |usage| returns that text; |main| prints it for \.{--help}.
-\visiblespaces
-
-@<Functions@>=
-std::string usage()
-{
-  @<Write the usage text@>@;
-}
-
 @ These three are what |main| needs from the implementation.
 
 @<Interface functions@>=
@@ -476,7 +392,9 @@ int run(const Config &cfg)
 server socket, creates the threads and starts listening. Three steps come first that
 IAWLB did not have: signals are blocked (they must be, before any thread
 exists, as chapter {\sl Signals and graceful end} explains), the open-file limit is
-raised, and the destinations are resolved, so that a misspelt host name stops
+raised and the connection limit chosen from it (chapter {\sl Other functions
+and defines}, with the configuration and the usage text, where a reader looks
+them up), and the destinations are resolved, so that a misspelt host name stops
 the program before it listens rather than later, in a worker.
 
 One step moves. IAWLB called |listen| after creating its threads, because its
@@ -588,51 +506,6 @@ is harmless and follows the administrator's setting.
 @<Start server listening@>=
 if (listen(listener.get(), 65535) < 0)
   throw sys_error("listen " + addr_to_string(listen_addr));
-
-@ A balancer holds two descriptors per connection, so the per-process limit on
-open files is its real capacity. Many systems start processes with a soft
-limit of 1024 and a hard limit far higher; the soft limit may be raised up to
-the hard one by the process itself, as HAProxy and nginx do, and we do too.
-The default connection limit is then half of what is left after the
-descriptors the balancer needs for itself (|connection_capacity|).
-
-@<Raise the open-file limit and choose |shared.max_conn|@>=
-rlimit rl;
-if (getrlimit(RLIMIT_NOFILE, &rl) != 0) throw sys_error("getrlimit");
-if (rl.rlim_cur < usable_file_limit(rl)) {
-  rl.rlim_cur = usable_file_limit(rl);
-  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
-}
-if (shared.cfg.workers == 0) shared.cfg.workers = cpu_count();
-rlim_t own = @<Descriptors the operations threads need@>;
-rlim_t files = rl.rlim_cur > own ? rl.rlim_cur - own : 0;
-std::size_t capacity = connection_capacity(files, shared.cfg.workers);
-shared.pipes_per_worker = pipe_budget(files, shared.cfg.workers);
-if (capacity == 0)
-  throw std::runtime_error("the open-file limit is too low to relay a single "@|
-    "connection");
-@.the open-file limit is too low@>
-shared.max_conn = shared.cfg.max_conn ? shared.cfg.max_conn : capacity;
-@<Lower |shared.max_conn| to what the descriptors allow@>@;
-
-@ A connection limit above what the descriptors allow would be worse than
-useless. An early version obeyed \.{--max-conn 1000} under a limit of 48 open
-files: the acceptor took every free descriptor for clients, no worker could
-then open a socket to a destination, and forty clients sat in the queue until
-their queue timeout closed them, served by nobody; the integration test
-``EMFILE'' caught it once in three runs. So the limit is lowered to the
-capacity, with a warning, as HAProxy does for its \.{maxconn}. The pause on
-|EMFILE| in the server loop remains for descriptors taken by something else
-(|ENFILE|: the whole system is out of them).
-@.--max-conn ... needs more open files@>
-
-@<Lower |shared.max_conn|...@>=
-if (shared.max_conn > capacity) {
-  Log(Level::warn, "--max-conn %zu needs more open files than the limit of %llu; "@|
-    "serving at most %zu clients at once", shared.max_conn, ull(rl.rlim_cur),
-    capacity);
-  shared.max_conn = capacity;
-}
 
 @ Every destination is resolved once, at start-up. IAWLB resolved its
 destination in the worker for every client, with a blocking |getaddrinfo| that
@@ -4506,8 +4379,10 @@ expression''.
 
 This chapter holds what the others use: the include files, time in
 microseconds, the descriptor owner |unique_fd|, socket addresses, the
-parsers of addresses, durations and counts, the command line |parse_args|,
-the number of CPUs and the |eventfd| helpers. Each is small and pure
+parsers of addresses, durations and counts, the configuration and the usage
+text, the command line |parse_args|, the number of CPUs, the open-file and
+connection limits, and the |eventfd| helpers. The first chapter calls them by
+name; here they can be looked up. Each is small and pure
 enough to be tested alone, and the unit tests and the fuzzers do.
 
 @d FOREVER for (;;)
@@ -5001,6 +4876,90 @@ Time duration_option(std::string_view name, std::string_view value, bool zero_ok
   return t;
 }
 
+@ {\it The configuration} is everything the command line can say. Times are kept in
+microseconds (|@<Basic types@>|); zero for |workers| and
+|max_conn| means ``choose for me when starting'', because the right values
+depend on the machine, not on the command line.
+
+@<Basic types@>=
+enum class Algorithm {@+ leastconn, roundrobin@+};
+enum class Proxy {@+ none, v1, v2@+}; /* which PROXY protocol header to send */
+struct Config {@/
+  Endpoint listen; /* where clients connect */
+  std::vector<Endpoint> dests; /* where they are sent */
+  unsigned workers = 0; /* 0: one per CPU */
+  std::size_t max_conn = 0; /* 0: derived from the open-file limit */
+  Algorithm algorithm = Algorithm::leastconn;
+  Time connect_timeout = 3 * sec;
+  Time idle_timeout = 300 * sec; /* 0: never */
+  Time queue_timeout = 10 * sec;
+  Time grace = 30 * sec;
+  Time backoff_max = 5 * sec;
+  Time check_interval = 0; /* 0: no health checks */
+  unsigned rise = 2, fall = 3; /* passed or failed checks that change the state */
+  std::size_t queue_max = 0; /* 0: no limit but |max_conn| */
+  std::optional<Endpoint> stats; /* where to serve the statistics */
+  Proxy proxy = Proxy::none;@/
+  bool reuseport = false;@/
+  bool verbose = false, help = false, version = false;@/
+};
+
+@ The usage text is printed by \.{--help}. It shows each default, and for the
+two defaults that depend on the machine, the value they take here. Its
+strings are printed here as the terminal shows them, spaces blank.
+\plainspaces
+
+@<Write the usage text@>=
+std::string s = "usage: iawlb [OPTIONS] LISTEN DEST [DEST...]\n\n"@/
+"Accept TCP connections on LISTEN and relay each one to a DEST.\n\n"@/
+"  LISTEN  PORT (every interface), HOST:PORT or [IPv6]:PORT\n"@/
+"  DEST    PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT, then @@W for a\n"@/
+"          weight W from 1 to 256 (default: 1)\n\n"@/
+"Options (D is a duration: 250ms, 3s, 2m, 1h, or a number of seconds):\n";
+s += "  -w, --workers N          worker threads (default: one per CPU, "
+  + std::to_string(cpu_count()) + " here)\n";
+s += "  -c, --max-conn N         clients served at once, more wait in the backlog\n"@/
+  "                           (default: from the open-file limit, "
+  + std::to_string(default_max_conn(cpu_count())) + " here)\n";
+s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"@/
+"      --connect-timeout D  give up connecting to a destination (default: 3s)\n"@/
+"      --idle-timeout D     close a connection idle this long, 0: never\n"@/
+"                           (default: 5m)\n"@/
+"      --queue-timeout D    how long a client waits while every destination\n"@/
+"                           is down (default: 10s)\n"@/
+"      --grace D            time left to open connections after SIGTERM or\n"@/
+"                           SIGINT (default: 30s)\n"@/
+"      --backoff-max D      longest wait before a down destination is tried\n"@/
+"                           again (default: 5s)\n"@/
+"      --check-interval D   probe each DEST with a TCP connect every D\n"@/
+"                           (default: 0, off)\n"@/
+"      --rise N, --fall N   checks passed to bring a DEST back (default: 2),\n"@/
+"                           failed to take it out (default: 3)\n"@/
+"      --queue-max N        clients that may wait while every DEST is down; more\n"@/
+"                           are closed at once (default: 0, no limit)\n"@/
+"      --stats ADDR:PORT    serve /metrics (Prometheus text) over HTTP there\n"@/
+"                           (a bare PORT means 127.0.0.1)\n"@/
+"      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
+"      --send-proxy-v2      send a PROXY protocol v2 header to each DEST\n"@/
+"      --reuseport          let another iawlb listen on LISTEN too\n"@/
+"                           (SO_REUSEPORT)\n"@/
+"  -v, --verbose            log one line per finished connection\n"@/
+"  -h, --help               print this help and exit\n"@/
+"  -V, --version            print the version and exit\n\n"@/
+"SIGTERM or SIGINT: stop accepting, let open connections finish, exit 0.\n"@/
+"A second signal: close everything and exit at once.\n"@/
+"SIGHUP: log the state of every destination; nothing else changes.\n";
+return s;
+
+@ |usage| returns that text; |main| prints it for \.{--help}.
+\visiblespaces
+
+@<Functions@>=
+std::string usage()
+{
+  @<Write the usage text@>@;
+}
+
 @ {\it The command line.} |parse_args| reads options and places in any
 order: an argument that starts with `\.-' and is longer than one character is
 an option, anything else is a place (LISTEN first, then the DESTs), and
@@ -5170,6 +5129,51 @@ unsigned cpu_count()
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof set, &set) == 0) return unsigned(std::max(1, CPU_COUNT(&set)));
   return std::max(1u, std::thread::hardware_concurrency());
+}
+
+@ A balancer holds two descriptors per connection, so the per-process limit on
+open files is its real capacity. Many systems start processes with a soft
+limit of 1024 and a hard limit far higher; the soft limit may be raised up to
+the hard one by the process itself, as HAProxy and nginx do, and we do too.
+The default connection limit is then half of what is left after the
+descriptors the balancer needs for itself (|connection_capacity|).
+
+@<Raise the open-file limit and choose |shared.max_conn|@>=
+rlimit rl;
+if (getrlimit(RLIMIT_NOFILE, &rl) != 0) throw sys_error("getrlimit");
+if (rl.rlim_cur < usable_file_limit(rl)) {
+  rl.rlim_cur = usable_file_limit(rl);
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+}
+if (shared.cfg.workers == 0) shared.cfg.workers = cpu_count();
+rlim_t own = @<Descriptors the operations threads need@>;
+rlim_t files = rl.rlim_cur > own ? rl.rlim_cur - own : 0;
+std::size_t capacity = connection_capacity(files, shared.cfg.workers);
+shared.pipes_per_worker = pipe_budget(files, shared.cfg.workers);
+if (capacity == 0)
+  throw std::runtime_error("the open-file limit is too low to relay a single "@|
+    "connection");
+@.the open-file limit is too low@>
+shared.max_conn = shared.cfg.max_conn ? shared.cfg.max_conn : capacity;
+@<Lower |shared.max_conn| to what the descriptors allow@>@;
+
+@ A connection limit above what the descriptors allow would be worse than
+useless. An early version obeyed \.{--max-conn 1000} under a limit of 48 open
+files: the acceptor took every free descriptor for clients, no worker could
+then open a socket to a destination, and forty clients sat in the queue until
+their queue timeout closed them, served by nobody; the integration test
+``EMFILE'' caught it once in three runs. So the limit is lowered to the
+capacity, with a warning, as HAProxy does for its \.{maxconn}. The pause on
+|EMFILE| in the server loop remains for descriptors taken by something else
+(|ENFILE|: the whole system is out of them).
+@.--max-conn ... needs more open files@>
+
+@<Lower |shared.max_conn|...@>=
+if (shared.max_conn > capacity) {
+  Log(Level::warn, "--max-conn %zu needs more open files than the limit of %llu; "@|
+    "serving at most %zu clients at once", shared.max_conn, ull(rl.rlim_cur),
+    capacity);
+  shared.max_conn = capacity;
 }
 
 @ The open-file limit that the balancer will run with is the hard limit
