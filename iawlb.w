@@ -22,6 +22,29 @@
 \def\E{\mathrel{==}} % print == as ==
 \def\W{\mathbin{\hbox{\tt\char38\char38}}} % && for logical and and rvalue references alike
 \def\V{\mathbin{\hbox{\tt\char124\char124}}}
+% One style for every operator: as the program writes it. cwebmac prints !=,
+% <=, >=, <<, >> and -> as the mathematical signs; these print them as typed.
+\def\I{\mathrel{\mathord{!}\mathord{=}}}
+\def\Z{\mathrel{\mathord{<}\mathord{=}}}
+\def\G{\mathrel{\mathord{>}\mathord{=}}}
+\def\LL{\mathbin{\mathord{<}\mathord{<}}}
+\def\GG{\mathbin{\mathord{>}\mathord{>}}}
+\def\MG{\hbox{$\mathord{-}\mkern-4mu\mathord{>}$}}
+% \E prints == as the program writes it, but cweave also writes \E for the
+% sign that defines a section, ${}\E{}$ or ${}\mathrel+\E{}$ right after the
+% section's name, and that one should stay Knuth's $\equiv$. So \X, which
+% prints a section name, looks at what follows it (outside math, where a
+% definition's name is), and turns exactly those
+% two into $\equiv$ and $\mathrel+\equiv$; anything else passes unchanged.
+\let\cwebX=\X
+\def\X#1:#2\X{\ifmmode\cwebX#1:#2\X\else\cwebX#1:#2\X\expandafter\Xlook\fi}
+\def\Xlook{\futurelet\next\Xsign}
+\def\Xsign{\ifx\next$\expandafter\Xgrab\fi}
+\long\def\Xgrab$#1${\def\Xarg{#1}%
+  \ifx\Xarg\Xdefines ${}\equiv{}$\else
+  \ifx\Xarg\Xextends ${}\mathrel+\equiv{}$\else $#1$\fi\fi}
+\def\Xdefines{{}\E{}}
+\def\Xextends{{}\mathrel+\E{}}
 \def\vb#1{\hbox{\.{#1}}} % @@=&&@@> in code: an rvalue reference, set without cweave's frame
 \def\pipe{\char124 } % a vertical bar inside \.{...}
 % Inside a string cweave prints each space as the visible-space glyph \SP,
