@@ -38,7 +38,7 @@ def cell(text):
     """'7001 (6409–7549) ×0.44d ×0.74h' -> median and ratios, as TeX."""
     text = text.strip()
     if text in ('—', '-', ''):
-        return r'\hfil---\hfil'
+        return r'---'
     m = re.match(r'^(\S+)(?:\s+\(([^)]*)\))?(.*)$', text)
     if not m:
         return tex(text)
@@ -55,6 +55,10 @@ ROWS = [('connection rate', 'conn'), ('keep-alive', 'ka'), ('latency p50', 'p50'
         ('memory: idle RSS', 'rss0'), ('memory: RSS with 1000', 'rss1k'),
         ('memory: KiB per connection (N=1000)', 'kib1k'), ('memory: RSS with', 'rssN'),
         ('memory: KiB per connection', 'kibN')]
+
+
+# The peers by the names the book gives them everywhere else.
+NAMES = {'haproxy': 'HAProxy'}
 
 
 def define(name, value):
@@ -113,14 +117,17 @@ def main():
     out.append(r'\def\benchmachine{%s}' % tex(head.get('machine', '?')))
     version = re.search(r'iawlb [^;]*', head.get('versions', ''))
     out.append(r'\def\benchversion{%s}' % tex(version.group(0) if version else '?'))
-    out.append(r'\def\cell#1#2{\vtop{\hbox{\strut#1}\hbox{\sevenrm#2}}}')
+    # A cell's two lines, the median and its ratios, are set flush right, and
+    # so is the column, so that the figures of a column line up.
+    out.append(r'\def\cell#1#2{\vtop{\halign{\hfil##\cr\strut#1\cr\sevenrm#2\cr}}}')
     out.append(r'\def\benchtable{\vbox{\eightrm\baselineskip=10pt\hbadness=10000\tabskip=0pt'
                r'\halign to\hsize{\vtop{\hsize=1.55in\noindent\raggedright\strut##\strut}'
-               r'\tabskip=0pt plus 1fil&&\hfil##\hfil\tabskip=0pt plus 1fil\cr')
-    out.append('&'.join(r'\bf %s' % tex(t) for t in titles) + r'\cr\noalign{\smallskip\hrule\smallskip}')
+               r'\tabskip=0pt plus 1fil&&\hfil##\tabskip=0pt plus 1fil\cr')
+    out.append('&'.join(r'\bf %s' % tex(NAMES.get(t, t)) for t in titles)
+               + r'\cr\noalign{\smallskip\hrule\smallskip}')
     for ln in rows[2:]:
         cells = [c.strip() for c in ln.strip('|').split('|')]
-        out.append(tex(cells[0]) + '&' + '&'.join(cell(c) for c in cells[1:])
+        out.append(tex(cells[0].replace('conns', 'connections')) + '&' + '&'.join(cell(c) for c in cells[1:])
                    + r'\cr\noalign{\smallskip}')
     out.append(r'\noalign{\hrule}}}}')
     targets = [t.lower() for t in titles[1:]]
