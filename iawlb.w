@@ -5154,7 +5154,9 @@ unsigned cpu_count()
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-@ A balancer holds two descriptors per connection, so the per-process limit on
+@ {\it The limits.} The |Balancer|'s constructor (first chapter) raises the
+open-file limit and chooses the connection limit from it, before it listens.
+A balancer holds two descriptors per connection, so the per-process limit on
 open files is its real capacity. Many systems start processes with a soft
 limit of 1024 and a hard limit far higher; the soft limit may be raised up to
 the hard one by the process itself, as HAProxy and nginx do, and we do too.
@@ -5517,8 +5519,8 @@ race detection in practice'' (2009).
 
 @* Index.
 Every identifier of the program is listed with the sections that use it; an
-underlined number is where it is defined. Concepts are listed too, in roman
-type: {\it half-close}, {\it backpressure}, {\it edge-triggered mode}, {\it
+underlined number is where it is defined. Concepts are listed too, set in
+roman type among the identifiers: {\it half-close}, {\it backpressure}, {\it edge-triggered mode}, {\it
 lost wake-up}, {\it spurious wake-up}, {\it ownership}, {\it lock order},
 {\it backlog}, {\it zero copy}, and {\it IAWLB, departures from}, which
 finds every place where this program leaves the original. Names of one
