@@ -3,7 +3,7 @@
 // Everything here is bounded in time and cleans up after itself (RAII):
 //   Fd            owns a file descriptor.
 //   Deadline      a point in time; every wait in this file takes one (or seconds).
-//   free_port()   a TCP port that is free right now on 127.0.0.1 or ::1.
+//   free_port()   a TCP port below the ephemeral range, free right now on 127.0.0.1 or ::1.
 //   connect_to()  a connected, non-blocking client socket (bounded retries).
 //   send_all / recv_exact / recv_until_eof / wait_closed / recv_verify: poll-based I/O.
 //   Pattern       a deterministic byte stream (xorshift64), to check byte-exactness.
@@ -52,6 +52,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 extern char** environ;
@@ -212,26 +213,52 @@ inline Fd listen_socket(const std::string& host, uint16_t port, bool reuse_addr 
     return s;
 }
 
-// A port that nothing listens on right now (bind port 0, read it, close).
-inline uint16_t free_port(const std::string& host = "127.0.0.1") {
-    SockAddr a;
-    if (!make_addr(host, 0, a)) return 0;
-    Fd s = tcp_socket(a.family());
-    if (!s || ::bind(s.get(), a.ptr(), a.len) != 0) return 0;
-    return local_port(s.get());
+// Ports for a test to hand to a process it starts (a balancer's LISTEN_ON, a
+// destination that must stay dead) come from below the kernel's ephemeral range,
+// never from bind(port 0). A port in that range is free only until the next
+// connect() or bind(0) anywhere on the machine: a backend that starts listening, or
+// a worker that connects, can take it before the balancer binds it, and the
+// balancer then exits with "Address already in use" (seen once in seventy loaded
+// runs of the gate). Below the range, nothing but a test takes a port by chance.
+// Each call moves on to the next candidate, starting from an offset given by the
+// process id, so that two suites, or two calls, do not pick the same one.
+inline std::pair<uint16_t, uint16_t> test_port_range() {
+    unsigned low = 32768;
+    if (FILE* f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "r")) {
+        unsigned lo = 0, hi = 0;
+        if (std::fscanf(f, "%u %u", &lo, &hi) == 2 && lo > 12000) low = lo;
+        std::fclose(f);
+    }
+    return {static_cast<uint16_t>(low - 10000), static_cast<uint16_t>(low)};  // [first, end)
 }
 
-// n distinct free ports (all held bound until every one is picked).
-inline std::vector<uint16_t> free_ports(size_t n, const std::string& host = "127.0.0.1") {
-    std::vector<Fd> held;
-    std::vector<uint16_t> ports;
-    SockAddr a;
-    if (!make_addr(host, 0, a)) return ports;
-    for (size_t i = 0; i < n; ++i) {
+// A port below the ephemeral range that nothing holds right now: bound without
+// SO_REUSEADDR, so that a port with a connection in TIME_WAIT is passed over too.
+// Returns 0 if none of the first thousand candidates is free.
+inline uint16_t free_port(const std::string& host = "127.0.0.1") {
+    static std::atomic<unsigned> next{static_cast<unsigned>(::getpid()) * 7919u};
+    const auto range = test_port_range();
+    const unsigned span = range.second - range.first;
+    for (int tries = 0; tries < 1000; ++tries) {
+        const uint16_t port = static_cast<uint16_t>(range.first + next.fetch_add(1) % span);
+        SockAddr a;
+        if (!make_addr(host, port, a)) return 0;
         Fd s = tcp_socket(a.family());
-        if (!s || ::bind(s.get(), a.ptr(), a.len) != 0) return {};
-        ports.push_back(local_port(s.get()));
-        held.push_back(std::move(s));
+        if (!s) return 0;
+        if (::bind(s.get(), a.ptr(), a.len) == 0) return port;
+        if (errno != EADDRINUSE && errno != EACCES) return 0;
+    }
+    return 0;
+}
+
+// n distinct free ports (consecutive calls of free_port never repeat a port until
+// the range wraps, ten thousand calls later).
+inline std::vector<uint16_t> free_ports(size_t n, const std::string& host = "127.0.0.1") {
+    std::vector<uint16_t> ports;
+    for (size_t i = 0; i < n; ++i) {
+        uint16_t p = free_port(host);
+        if (p == 0) return {};
+        ports.push_back(p);
     }
     return ports;
 }

@@ -70,10 +70,11 @@ std::string conn_line(const std::string& log, uint16_t client_port, const std::s
     return "";
 }
 
-// Connection lines (-v) of clients that are not ours. Another suite running at the same
-// time may connect to one of our ports: free_port() can hand us a port that it picked
-// earlier as a "dead" destination and still tries. So assertions about the log name
-// our clients by their ports, and this count only explains a failure.
+// Connection lines (-v) of clients that are not ours. Something else on the machine
+// may connect to one of our ports (a balancer of an earlier test that was slow to
+// die, still retrying a "dead" destination that free_port() picked then). So
+// assertions about the log name our clients by their ports, and this count only
+// explains a failure.
 int foreign_lines(const std::string& log, const std::set<uint16_t>& mine) {
     const std::string key = " info: " + kLo + ":";
     int n = 0;
