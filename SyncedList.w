@@ -312,21 +312,45 @@ std::size_t size() const
 @ Exercises.
 
 \smallskip
-\item{1.} Replace |wakeup(wake)| in the single-item |enqueue| by
+\ex{1}{25} Replace |wakeup(wake)| in the single-item |enqueue| by
 |c_.notify_all()| and run the unit test ``many producers and consumers'' under
-\.{perf stat -e context-switches}. How many more context switches do you
-count per item with eight consumers? With one?
-\item{2.} Delete the line |--waiting_| in the untimed |waitdata|. Which test
-fails, and why does nothing hang?
-\item{3.} Write the batch |enqueue| the way IAWLB did, with |list_.insert| at
+\.{perf stat -e context-switches}, before and after. The test has four
+consumers; change |consumers| in \.{tests/test\_unit.cpp} to eight and to
+one, and count again. How many more context switches do you count per item
+in each case? \hint{With one consumer, how many threads can |notify_all|
+wake?}
+\ex{2}{20} Delete the line |--waiting_| in the untimed |waitdata| and run
+the unit tests of the list, \msg{build/test\_unit '[syncedlist]'}. Does any
+fail? Why does nothing hang, what does the change cost, and what does it
+change in the balancer? \hint{|waiting_| only bounds the number of
+notifications.}
+\ex{3}{20} Write the batch |enqueue| the way IAWLB did, with |list_.insert| at
 |list_.cbegin()|. Which assertion of the unit test ``batch enqueue keeps FIFO
-order'' fails first?
-\item{4.} Make |SyncedList| lock-free for one producer and one consumer (a ring
+order'' fails first? \hint{One of the test's checks looks at the batch
+itself.}
+\ex{4}{35} Make |SyncedList| lock-free for one producer and one consumer (a ring
 of atomics, as in Lamport's single-producer queue) and measure the connection
 rate before and after, with
-\.{wrk -H 'Connection: close'} \.{http://127.0.0.1:8080/} through the
+\msg{wrk -H 'Connection: close'} \.{http://127.0.0.1:8080/} through the
 balancer. Is the list ever the bottleneck? Use \.{perf} or
-\.{valgrind --tool=callgrind} to find out before you guess.
+\.{valgrind --tool=callgrind} to find out before you guess. \hint{Count the
+operations on the list per connection before you count what each costs.}
+\exm{5}{20} Suppose the single-item |enqueue| called |c_.notify_one()| first,
+before it took the lock, and then appended the item under the lock. Give an
+interleaving with one consumer in which the item stays in the list while
+the consumer sleeps. Why can the |enqueue| of the book not do this?
+\hint{Where is the consumer between its test of the predicate and its call
+of |wait|?}
+\exm{6}{25} Prove that no item stays in the list while a consumer sleeps
+in |wait| for good, although |waiting_| also counts consumers that were
+woken and have not yet run. Let $k$ be the number of items in the list, $b$
+the number of consumers blocked in |wait|, and $p$ the number that have
+been unblocked (by a notification, a spurious wake-up or a timeout) but
+have not yet taken the lock again. Show that whenever no |enqueue| is
+between its unlock and its last |notify_one|, either $b=0$ or $k\le p$.
+\hint{Let $q$ be the notifications that producers have counted but not yet
+sent, and check that every event keeps $q\ge\min(k-p,b)$; |notify_one|
+unblocks a blocked thread if there is one.}
 \smallskip
 
 \noindent Further reading: the \CPLUSPLUS/ standard's [thread.condition];
