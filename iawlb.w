@@ -2770,7 +2770,7 @@ struct Shared {@/
   std::size_t pipes_per_worker = 0; /* ditto; |pipe_budget| */
   std::atomic<std::size_t> active = 0; /* clients accepted and not yet closed */
   std::atomic<std::size_t> queued = 0; /* of those, clients without a destination */
-  std::atomic<std::uint64_t> accepted = 0, refused = 0; /* totals */
+  std::atomic<std::uint64_t> accepted = 0, refused = 0, denied = 0; /* totals */
   Time started = 0; /* immutable once the threads run */
   std::atomic<Phase> phase = Phase::running;@/
   std::atomic<unsigned> workers_done = 0;@/
@@ -2931,6 +2931,9 @@ void accept_clients()
     a.fd.reset(fd);
     a.from.len = len;
     if (closing) --backlog_left;
+    if (!acl_admits(shared.cfg.acl, a.from)) {
+      @<Count and log the client |a| that the rules refuse; |continue|@>@;
+    }
     ++shared.active;
     ++shared.accepted;
     Worker &w = choose_worker();
@@ -3371,6 +3374,119 @@ connecting at the moment, which is what their connects will decide.
 if (shared.cfg.queue_max && shared.queued > shared.cfg.queue_max) {
   finish(c, End::queue_full);
   return;
+}
+
+@ {\it Access control.} A balancer in front of private services often
+listens on an address that more people can reach than should: a public
+interface, a shared network. \.{--allow CIDR} and \.{--deny CIDR} name
+networks, as an address and a prefix length (\.{10.0.0.0/8},
+\.{2001:db8::/32}; a bare address is a network of one), and the balancer
+checks every client against them the moment |accept4| returns it. The rules
+are read in command-line order and the first that matches the client's
+address decides, as nginx's \.{allow} and \.{deny} do. A client that matches
+no rule is refused if any rule is an \.{--allow} and accepted otherwise: a
+list of allowed networks means ``these and no others'', and a list of denied
+ones means ``all but these''. nginx would let such a client in, and its
+users learn to end every list with \.{deny all}; here the list says what it
+means without that line.
+@^access control@>
+
+A refused client is closed at once, before any worker or destination sees
+it, and counted in |denied|; with \.{-v} each one is logged. The check
+costs a few comparisons per rule, in the acceptor, per connection, not per
+byte.
+
+@<Count and log the client |a| that the rules refuse...@>=
+++shared.denied;
+if (shared.cfg.verbose)
+  Log(Level::info, "%s denied by the access rules", addr_to_string(a.from).c_str());
+@.denied by the access rules@>
+continue;
+
+@ A rule keeps its network as bytes in network order, four for IPv4 and
+sixteen for IPv6, with its prefix length. A rule whose address has bits set
+beyond the prefix, such as \.{10.0.0.1/8}, is refused: the user meant either
+\.{10.0.0.0/8} or \.{10.0.0.1/32}, and guessing which would let the wrong
+clients in. So is a prefix longer than the address.
+
+@<Basic types@>=
+struct AclRule {@/
+  bool allow = false;@/
+  int family = AF_INET; /* |AF_INET| or |AF_INET6| */
+  unsigned char net[16]; /* the network, in network byte order; zero beyond its family's length */
+  unsigned bits = 0; /* the prefix length */
+};
+
+@ @<Functions@>=
+AclRule parse_acl_rule(std::string_view name, std::string_view value)
+{
+  AclRule r = AclRule(); /* every byte of |net| zero */
+  r.allow = name == "--allow";
+  std::string text(value.substr(0, value.find('/')));
+  const std::string where = "option " + std::string(name) + ": '" + std::string(value) + "'";
+  if (inet_pton(AF_INET, text.c_str(), r.net) == 1) r.family = AF_INET;
+  else if (inet_pton(AF_INET6, text.c_str(), r.net) == 1) r.family = AF_INET6;
+  else throw UsageError(where + " is not an IPv4 or IPv6 address, with an optional /BITS");
+  const unsigned width = r.family == AF_INET ? 32 : 128;
+  r.bits = width;
+  if (value.find('/') != std::string_view::npos) {
+    try {
+      r.bits = unsigned(parse_count(value.substr(value.find('/') + 1), 0, width));
+    }
+    catch (const std::invalid_argument &)@+{
+      throw UsageError(where + ": the prefix length must be a number from 0 to "@|
+        + std::to_string(width));
+    }
+  }
+  if (!host_bits_clear(r.net, width, r.bits))
+    throw UsageError(where + " has bits set beyond its prefix length");
+  return r;
+}
+
+@ Two byte strings share a prefix of |bits| bits when their whole bytes before
+it are equal and the byte that the prefix ends in, if any, agrees in its high
+|bits % 8| bits.
+
+@<Functions@>=
+bool prefix_matches(const unsigned char *x, const unsigned char *y, unsigned bits)
+{
+  const unsigned whole = bits / 8, rest = bits % 8;
+  if (std::memcmp(x, y, whole) != 0) return false;
+  if (rest == 0) return true;
+  const unsigned mask = (0xffu << (8 - rest)) & 0xffu;
+  return ((x[whole] ^ y[whole]) & mask) == 0;
+}
+bool host_bits_clear(const unsigned char *net, unsigned width, unsigned bits)
+{
+  for (unsigned i = bits; i < width; ++i)
+    if (net[i / 8] & (0x80u >> (i % 8))) return false;
+  return true;
+}
+
+@ The client's address comes from |accept4|. On a listener bound to
+\.{[::]} an IPv4 client arrives as an IPv4-mapped IPv6 address,
+\.{::ffff:192.0.2.7}; it is matched as the IPv4 address it is, so that the
+rule \.{--allow 192.0.2.0/24} means the same whichever way the balancer
+listens.
+
+@<Functions@>=
+bool acl_admits(const std::vector<AclRule> &acl, const SockAddr &a)
+{
+  if (acl.empty()) return true;
+  unsigned char bytes[16] = {};
+  int family = AF_INET;
+  if (a.sa.sa_family == AF_INET) std::memcpy(bytes, &a.in4.sin_addr, 4);
+  else if (IN6_IS_ADDR_V4MAPPED(&a.in6.sin6_addr)) std::memcpy(bytes, &a.in6.sin6_addr.s6_addr[12], 4);
+  else {
+    family = AF_INET6;
+    std::memcpy(bytes, &a.in6.sin6_addr, 16);
+  }
+  bool any_allow = false;
+  for (@[const AclRule &r@,:@,acl@]) {
+    if (r.family == family && prefix_matches(r.net, bytes, r.bits)) return r.allow;
+    any_allow = any_allow || r.allow;
+  }
+  return !any_allow;
 }
 
 @ {\it Health checks.} Passive marking, as the chapter {\sl Balancing and
@@ -4061,12 +4177,13 @@ static double dest_value(Of what, const Destination &d, const DestState &s, Time
   return 0;
 }
 
-@ And five families for the balancer as a whole, in a table of their own
+@ And six families for the balancer as a whole, in a table of their own
 whose order is the order of the values below. Their values are not chosen
 by |what|, which these entries fill with |Of::up| only because the field
 must hold something. A client is {\it refused} when
 it is closed without ever reaching a destination: the queue was full, or its
-queue timeout passed.
+queue timeout passed. A client is {\it denied} when an access rule closed it
+as it was accepted; it is not counted as accepted.
 
 @<Functions@>=
 const Metric balancer_metrics[] = {@/
@@ -4075,13 +4192,15 @@ const Metric balancer_metrics[] = {@/
   {Of::up, "iawlb_active_connections", "gauge", "Clients accepted and not yet closed."},@/
   {Of::up, "iawlb_refused_connections_total", "counter",
     "Clients closed without reaching a destination (queue full or queue timeout)."},@/
+  {Of::up, "iawlb_denied_connections_total", "counter",
+    "Clients closed at once by an --allow or --deny rule."},@/
   {Of::up, "iawlb_uptime_seconds", "gauge", "Seconds since the balancer started."}@/
 };
 
 @ @<Append the balancer's own metrics...@>=
 const double value[] = {double(shared.accepted.load()), double(shared.queued.load()),@|
   double(shared.active.load()), double(shared.refused.load()),@|
-  (now - shared.started) / double(sec)};
+  double(shared.denied.load()), (now - shared.started) / double(sec)};
 for (std::size_t k = 0; k < std::size(value); ++k) {
   family(m, balancer_metrics[k]);
   sample(m, balancer_metrics[k].name, "", value[k]);
@@ -4922,6 +5041,7 @@ struct Config {@/
   unsigned rise = 2, fall = 3; /* passed or failed checks that change the state */
   std::size_t queue_max = 0; /* 0: no limit but |max_conn| */
   std::optional<Endpoint> stats; /* where to serve the statistics */
+  std::vector<AclRule> acl; /* \.{--allow} and \.{--deny}, in command-line order */
   Proxy proxy = Proxy::none;@/
   bool reuseport = false;@/
   bool verbose = false, help = false, version = false;@/
@@ -4960,6 +5080,10 @@ s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"
 "                           failed to take it out (default: 3)\n"@/
 "      --queue-max N        clients that may wait while every DEST is down; more\n"@/
 "                           are closed at once (default: 0, no limit)\n"@/
+"      --allow CIDR         accept clients from this network (ADDR or ADDR/BITS;\n"@/
+"                           repeatable; with any --allow, others are refused)\n"@/
+"      --deny CIDR          refuse clients from this network (repeatable); the\n"@/
+"                           first rule that matches decides\n"@/
 "      --stats ADDR:PORT    serve /metrics (Prometheus text) over HTTP there\n"@/
 "                           (a bare PORT means 127.0.0.1)\n"@/
 "      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
@@ -5073,7 +5197,8 @@ bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || is(name, "-a", "--algorithm") || name == "--connect-timeout"@|
   || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
   || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
-  || name == "--fall" || name == "--queue-max" || name == "--stats";
+  || name == "--fall" || name == "--queue-max" || name == "--stats"@|
+  || name == "--allow" || name == "--deny";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -5104,6 +5229,8 @@ else if (name == "--check-interval") cfg.check_interval = duration_option(name, 
 else if (name == "--rise") cfg.rise = unsigned(count_option(name, value, 1, 1000));
 else if (name == "--fall") cfg.fall = unsigned(count_option(name, value, 1, 1000));
 else if (name == "--queue-max") cfg.queue_max = count_option(name, value, 0, 100000000);
+else if (name == "--allow" || name == "--deny")
+  cfg.acl.push_back(parse_acl_rule(name, value));
 else cfg.stats = parse_stats_endpoint(value);
 
 @ After the options, the places: exactly one LISTEN and at least one DEST,
@@ -5132,6 +5259,10 @@ Endpoint parse_endpoint(std::string_view arg, const char *what);
 Endpoint parse_dest(std::string_view arg);
 std::string proxy_header(Proxy v, const SockAddr &from, const SockAddr &to);
 Endpoint parse_stats_endpoint(std::string_view arg);
+AclRule parse_acl_rule(std::string_view name, std::string_view value);
+bool prefix_matches(const unsigned char *x, const unsigned char *y, unsigned bits);
+bool host_bits_clear(const unsigned char *net, unsigned width, unsigned bits);
+bool acl_admits(const std::vector<AclRule> &acl, const SockAddr &a);
 Time parse_duration(std::string_view s);
 std::string format_duration(Time t);
 unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi);

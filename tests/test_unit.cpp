@@ -619,6 +619,73 @@ TEST_CASE("parse_args: the operations options", "[unit][parse][ops]")
     CHECK(usage_error({"80", "81@0"}).find("81@0") != std::string::npos);
 }
 
+// A client address for acl_admits: an IPv4 or IPv6 literal, with any port.
+static SockAddr client(const char *text)
+{
+    SockAddr a;
+    if (inet_pton(AF_INET, text, &a.in4.sin_addr) == 1) {
+        a.in4.sin_family = AF_INET;
+        a.len = sizeof a.in4;
+    } else {
+        REQUIRE(inet_pton(AF_INET6, text, &a.in6.sin6_addr) == 1);
+        a.in6.sin6_family = AF_INET6;
+        a.len = sizeof a.in6;
+    }
+    return a;
+}
+
+TEST_CASE("access rules: parsing, first match decides, any --allow refuses the rest", "[unit][parse][acl]")
+{
+    const Config none = parse({"80", "81"});
+    CHECK(none.acl.empty());
+    CHECK(acl_admits(none.acl, client("192.0.2.1")));
+
+    const Config c = parse({"--deny", "10.1.2.0/25", "--allow=10.0.0.0/8", "--allow", "2001:db8::/32",
+                            "--deny", "::1", "80", "81"});
+    REQUIRE(c.acl.size() == 4);
+    CHECK_FALSE(c.acl[0].allow);
+    CHECK(c.acl[0].bits == 25);
+    CHECK(c.acl[1].allow);
+    CHECK(c.acl[2].family == AF_INET6);
+    CHECK(c.acl[3].bits == 128);  // a bare address is a network of one
+
+    CHECK_FALSE(acl_admits(c.acl, client("10.1.2.0")));    // the deny comes first
+    CHECK_FALSE(acl_admits(c.acl, client("10.1.2.127")));  // last address of the /25
+    CHECK(acl_admits(c.acl, client("10.1.2.128")));        // just outside it: the allow
+    CHECK(acl_admits(c.acl, client("10.255.255.255")));
+    CHECK_FALSE(acl_admits(c.acl, client("11.0.0.0")));    // no rule: refused, as an allow exists
+    CHECK(acl_admits(c.acl, client("2001:db8:ffff::1")));
+    CHECK_FALSE(acl_admits(c.acl, client("2001:db9::1")));
+    CHECK_FALSE(acl_admits(c.acl, client("::1")));
+    // An IPv4 client on a [::] listener arrives IPv4-mapped, and is matched as IPv4.
+    CHECK(acl_admits(c.acl, client("::ffff:10.9.9.9")));
+    CHECK_FALSE(acl_admits(c.acl, client("::ffff:10.1.2.3")));
+    CHECK_FALSE(acl_admits(c.acl, client("::ffff:11.0.0.1")));
+
+    // Only denies: everything else is admitted. /0 matches every address of its family.
+    const Config d = parse({"--deny", "127.0.0.2", "--deny", "::/0", "80", "81"});
+    CHECK_FALSE(acl_admits(d.acl, client("127.0.0.2")));
+    CHECK(acl_admits(d.acl, client("127.0.0.1")));
+    CHECK_FALSE(acl_admits(d.acl, client("2001:db8::7")));
+    CHECK(acl_admits(parse({"--allow", "0.0.0.0/0", "80", "81"}).acl, client("203.0.113.9")));
+
+    const std::vector<std::vector<const char *> > bad = {
+        {"--allow", "10.0.0.1/8", "80", "81"},   // bits set beyond the prefix
+        {"--allow", "10.0.0.0/33", "80", "81"},  {"--deny", "::/129", "80", "81"},
+        {"--deny", "10.0.0.0/", "80", "81"},     {"--deny", "10.0.0.0/x", "80", "81"},
+        {"--allow", "300.0.0.1", "80", "81"},    {"--allow", "example.com", "80", "81"},
+        {"--allow", "", "80", "81"},             {"--deny", "[::1]", "80", "81"},
+        {"--allow", "10.0.0.0/-1", "80", "81"},  {"--allow", "80", "81"},
+    };
+    for (const auto &args : bad) {
+        std::string m = usage_error(args);
+        INFO("args " << args[0] << " " << args[1] << ": message '" << m << "'");
+        CHECK_FALSE(m.empty());
+        CHECK(m.find('\n') == std::string::npos);
+    }
+    CHECK(usage_error({"--allow", "10.0.0.1/8", "80", "81"}).find("10.0.0.1/8") != std::string::npos);
+}
+
 TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
           "[unit][pool][ops]")
 {
