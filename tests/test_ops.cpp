@@ -1379,6 +1379,63 @@ TEST_CASE("access rules (--allow, --deny): the first match decides, refused clie
     }
 }
 
+// The answer of a Name destination to a client from `source`, or "<...>" on error.
+std::string fetch_from(const std::string& source, uint16_t port) {
+    Fd c = connect_from(source, port);
+    if (!c) return std::string("<connect from ") + source + ": " + std::strerror(errno) + ">";
+    std::string s;
+    Io st = recv_until_eof(c.get(), s, kIo);
+    return st == Io::Eof ? s : "<" + std::string(io_name(st)) + " after '" + s + "'>";
+}
+
+TEST_CASE("source affinity (-a source): each client address keeps its destination; one that dies moves only its own",
+          "[integration][ops][affinity]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    auto c = Backend::make(Kind::Name, "C");
+    {
+        SockAddr x;
+        Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!make_addr("127.0.0.3", 0, x) || !probe || ::bind(probe.get(), x.ptr(), x.len) != 0) {
+            WARN("cannot bind a client to 127.0.0.3 here: skipped");
+            return;
+        }
+    }
+    const uint16_t lp = free_port();
+    auto lb = start_balancer({"-a", "source", listen_arg(lp), a->address(), b->address(), c->address()});
+
+    // 24 client addresses, three connections each (each from a new port): always the same answer.
+    std::map<std::string, std::string> home;
+    std::map<std::string, int> per_dest;
+    for (int i = 1; i <= 24; ++i) {
+        const std::string src = "127.0.0." + std::to_string(i);
+        for (int round = 0; round < 3; ++round) {
+            std::string got = fetch_from(src, lp);
+            INFO(src << ", round " << round);
+            REQUIRE((got == "A\n" || got == "B\n" || got == "C\n"));
+            if (round == 0) home[src] = got;
+            CHECK(got == home[src]);
+        }
+        per_dest[home[src]]++;
+    }
+    INFO("clients per destination: " << show(per_dest));
+    CHECK(per_dest.size() >= 2);  // 24 addresses on one destination would be no hash
+
+    // B dies: its clients are served by A and C, every other client stays where it was.
+    const std::string gone = per_dest.count("B\n") ? "B\n" : (per_dest.count("A\n") ? "A\n" : "C\n");
+    (gone == "B\n" ? b : gone == "A\n" ? a : c)->kill();
+    for (auto& [src, dest] : home) {
+        std::string got = fetch_from(src, lp);
+        INFO(src << " was on " << dest);
+        if (dest == gone) {
+            CHECK(got != gone);
+            CHECK((got == "A\n" || got == "B\n" || got == "C\n"));
+        } else {
+            CHECK(got == dest);
+        }
+    }
+}
+
 TEST_CASE("command line: malformed operations options exit 2 with one line naming the argument",
           "[integration][ops]") {
     const auto ports = free_ports(3);

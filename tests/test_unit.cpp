@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -684,6 +685,130 @@ TEST_CASE("access rules: parsing, first match decides, any --allow refuses the r
         CHECK(m.find('\n') == std::string::npos);
     }
     CHECK(usage_error({"--allow", "10.0.0.1/8", "80", "81"}).find("10.0.0.1/8") != std::string::npos);
+}
+
+// The destination that `p` picks for each of `n` client addresses 10.x.y.z (and
+// one IPv6 client per 16), each connection released at once.
+static std::vector<int> affinity(Pool &p, int n, Time now)
+{
+    std::vector<int> dest;
+    for (int i = 0; i < n; ++i) {
+        SockAddr a;
+        if (i % 16 == 15) {
+            a.in6.sin6_family = AF_INET6;
+            a.in6.sin6_addr.s6_addr[0] = 0x20;
+            a.in6.sin6_addr.s6_addr[1] = 0x01;
+            std::memcpy(&a.in6.sin6_addr.s6_addr[12], &i, sizeof i);
+            a.len = sizeof a.in6;
+        } else {
+            a.in4.sin_family = AF_INET;
+            a.in4.sin_addr.s_addr = htonl(0x0a000000u + std::uint32_t(i) * 2654435761u % 0x00ffffffu);
+            a.in4.sin_port = htons(std::uint16_t(1024 + i));  // the port must not matter
+            a.len = sizeof a.in4;
+        }
+        Pick k = p.pick(now, &a);
+        dest.push_back(k.dest);
+        if (k.dest >= 0) p.release(k.dest);
+    }
+    return dest;
+}
+
+TEST_CASE("Pool: source affinity is a consistent hash; a destination that leaves moves only its clients",
+          "[unit][pool][affinity]")
+{
+    const int n = 20000;
+    const Time t0 = 1000 * sec;
+    Pool p;
+    p.algorithm = Algorithm::source;
+    fill(p, 5);
+    const std::vector<int> before = affinity(p, n, t0);
+    CHECK(affinity(p, n, t0 + sec) == before);  // the same client, the same destination
+    std::vector<int> share(5, 0);
+    for (int d : before) {
+        REQUIRE(d >= 0);
+        ++share[std::size_t(d)];
+    }
+    for (int k = 0; k < 5; ++k) {
+        INFO("destination " << k << ": " << share[std::size_t(k)] << " of " << n);
+        CHECK(share[std::size_t(k)] > n / 5 * 6 / 10);  // about a fifth each
+        CHECK(share[std::size_t(k)] < n / 5 * 14 / 10);
+    }
+
+    // Destination 2 goes down: exactly its clients move, and none to it.
+    Time wait = 0;
+    Pick k = p.pick(t0);  // without an address: the rotation, for a connect that fails
+    while (k.dest != 2) {
+        p.release(k.dest);
+        k = p.pick(t0);
+    }
+    p.failed(2, t0, &wait, k.trial);
+    const std::vector<int> down = affinity(p, n, t0 + wait / 2);
+    int moved = 0;
+    for (int i = 0; i < n; ++i) {
+        if (before[std::size_t(i)] == 2) {
+            CHECK(down[std::size_t(i)] != 2);
+            ++moved;
+        } else if (down[std::size_t(i)] != before[std::size_t(i)]) {
+            FAIL("client " << i << " moved from " << before[std::size_t(i)] << " to " << down[std::size_t(i)]);
+        }
+    }
+    CHECK(moved == share[2]);
+
+    // It comes back (its trial succeeds): every client is where it was.
+    const Time later = t0 + 10 * wait;
+    k = p.pick(later, nullptr);
+    while (!k.trial) {
+        p.release(k.dest);
+        k = p.pick(later, nullptr);
+    }
+    REQUIRE(k.dest == 2);
+    p.connected(2);
+    p.release(2);
+    CHECK(affinity(p, n, later) == before);
+
+    // A sixth destination takes about a sixth of the clients, from every other one.
+    Pool q;
+    q.algorithm = Algorithm::source;
+    fill(q, 6);
+    const std::vector<int> six = affinity(q, n, t0);
+    int to_new = 0;
+    for (int i = 0; i < n; ++i) {
+        if (six[std::size_t(i)] == 5) ++to_new;
+        else CHECK(six[std::size_t(i)] == before[std::size_t(i)]);
+    }
+    INFO(to_new << " of " << n << " clients moved to the sixth destination");
+    CHECK(to_new > n / 6 * 6 / 10);
+    CHECK(to_new < n / 6 * 14 / 10);
+}
+
+TEST_CASE("Pool: source affinity follows weights; DEST@2 and DEST DEST are the same ring", "[unit][pool][affinity]")
+{
+    const int n = 20000;
+    Pool a, b;
+    a.algorithm = b.algorithm = Algorithm::source;
+    a.add(loopback(9001), 3);
+    a.add(loopback(9002), 1);
+    b.add(loopback(9001), 1);
+    b.add(loopback(9002), 1);
+    b.add(loopback(9001), 2);
+    const std::vector<int> da = affinity(a, n, sec), db = affinity(b, n, sec);
+    CHECK(da == db);
+    const long first = std::count(da.begin(), da.end(), 0);
+    INFO(first << " of " << n << " clients on the destination of weight 3");
+    CHECK(first > n * 65 / 100);
+    CHECK(first < n * 85 / 100);
+
+    // With every destination down, no destination and a time to ask again.
+    Pool c;
+    c.algorithm = Algorithm::source;
+    fill(c, 1);
+    Time wait = 0;
+    Pick k = c.pick(sec);
+    c.failed(k.dest, sec, &wait, k.trial);
+    SockAddr x = loopback(1);
+    Pick none = c.pick(sec, &x);
+    CHECK(none.dest == -1);
+    CHECK(none.retry_at == sec + wait);
 }
 
 TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
