@@ -557,6 +557,7 @@ same labels in \.{/metrics}, which the exposition format forbids.
 @<Resolve every destination@>=
 shared.pool.algorithm = shared.cfg.algorithm;
 shared.pool.backoff_cap = shared.cfg.backoff_max;
+shared.pool.slow_start = shared.cfg.slow_start;
 std::vector<unsigned> given; /* how often each destination of the pool was given */
 for (@[const Endpoint &d@,:@,shared.cfg.dests@])
   for (@[const SockAddr &a@,:@,resolve_all(d, "destination")@]) {
@@ -2146,6 +2147,7 @@ struct Destination {@/
   unsigned checks_passed = 0, checks_failed = 0; /* consecutive; ditto */
   Time retry_at = 0; /* when a down destination may be tried; ditto */
   Time changed_at = 0; /* when it last went down or came up; ditto */
+  Time up_since = 0; /* when it last came back, 0 if it has been up from the start; ditto */
   long long credit = 0; /* for the weighted rotation; ditto */
   std::atomic<std::uint64_t> connections = 0, failed = 0; /* totals */
   std::atomic<std::uint64_t> bytes_up = 0, bytes_down = 0;@/
@@ -2188,6 +2190,7 @@ class Pool {@/
 public:@/
   Algorithm algorithm = Algorithm::leastconn;@/
   Time backoff_cap = 5 * sec;@/
+  Time slow_start = 0; /* \.{--slow-start}; 0: none */
   std::size_t add(const SockAddr &a, unsigned weight = 1);@/
   std::size_t size() const@+{@+ return dests_.size();@+}
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
@@ -2202,6 +2205,7 @@ public:@/
   unsigned active(int d) const;@/
 private:@/
   bool usable(const Destination &d, Time now) const;@/
+  std::uint64_t share(const Destination &d, Time now) const;@/
   const Destination *least_loaded(Time now) const;@/
   Time next_retry(Time now) const;@/
   Change set_up(Destination &x, bool up, Time now);@/
@@ -2263,22 +2267,54 @@ least connections the rotation decides nearly every pick; with long ones the
 loads decide, and a destination that holds many connections gets fewer new
 ones.
 
-A destination's load is $|active|/|weight|$. To compare two loads without
-division, and so without rounding, we compare the cross products: $a/w <
-a'/w'$ exactly when $a\,w' < a'\,w$, which cannot overflow in 64 bits since
-both factors are below $2^{32}$.
+A destination's load is $|active|/w$, where $w$ is its {\it share}: its
+weight in thousandths, less while it is in slow start (below). To compare two
+loads without division, and so without rounding, we compare the cross
+products: $a/w < a'/w'$ exactly when $a\,w' < a'\,w$, which cannot overflow
+in 64 bits since $a$ is below $2^{32}$ and a share is at most 256,000, below
+$2^{18}$.
 
 @<Functions@>=
-bool lighter(const Destination &x, const Destination &y)
+bool lighter(const Destination &x, std::uint64_t wx, const Destination &y, std::uint64_t wy)
 {
-  return std::uint64_t(x.active) * y.weight < std::uint64_t(y.active) * x.weight;
+  return x.active * wy < y.active * wx;
 }
 const Destination *Pool::least_loaded(Time now) const
 {
   const Destination *best = nullptr;
+  std::uint64_t wbest = 0;
   for (@[const Destination &d@,:@,dests_@])
-    if (usable(d, now) && (!best || lighter(d, *best))) best = &d;
+    if (usable(d, now) && (!best || lighter(d, share(d, now), *best, wbest))) {
+      best = &d;
+      wbest = share(d, now);
+    }
   return best;
+}
+
+@ {\it Slow start.} A destination that comes back after an outage has no
+connections, and least connections sends it every new client until it has
+as many as the others: after a restart, that is a crowd at the moment its
+caches are cold and its JIT has compiled nothing. With \.{--slow-start D} its
+share grows in a straight line from almost nothing to its full weight over
+|D| after it comes back, as with HAProxy's \.{slowstart}. A destination that
+was up from the start is not slowed, since all of them start together. The
+share is in thousandths of the weight, so that the rotation and the load
+comparison, which only ever use it in sums and products, stay in integers;
+it is never zero, so a destination back for a microsecond can still be
+picked when it is the only one.
+@^slow start@>
+
+A tenth of the way through |D|, a destination of weight 1 beside an equal one
+gets about one client in eleven; halfway, one in three; at the end, one in
+two. The unit test ``slow start'' counts exactly that.
+
+@<Functions@>=
+std::uint64_t Pool::share(const Destination &d, Time now) const
+{
+  std::uint64_t full = std::uint64_t(d.weight) * 1000;
+  if (slow_start <= 0 || d.up_since == 0 || now - d.up_since >= slow_start) return full;
+  std::uint64_t part = full * std::uint64_t(now - d.up_since) / std::uint64_t(slow_start);
+  return part > 0 ? part : 1;
 }
 
 @ {\it The weighted rotation} is the smooth weighted round robin of nginx's
@@ -2299,12 +2335,14 @@ Pick Pool::pick(Time now, const SockAddr *from)
   const Destination *least = algorithm == Algorithm::leastconn ? least_loaded(now) : nullptr;
   int best = -1;
   long long total = 0;
+  const std::uint64_t wleast = least ? share(*least, now) : 0;
   if (algorithm == Algorithm::source && from) best = on_ring(*from, now);
   else for (std::size_t i = 0; i < dests_.size(); ++i) {
     Destination &d = dests_[i];
-    if (!usable(d, now) || (least && lighter(*least, d))) continue;
-    d.credit += d.weight;
-    total += d.weight;
+    const std::uint64_t w = share(d, now);
+    if (!usable(d, now) || (least && lighter(*least, wleast, d, w))) continue;
+    d.credit += (long long)w;
+    total += (long long)w;
     if (best < 0 || d.credit > dests_[best].credit) best = int(i);
   }
   if (best < 0) return @[Pick{-1, next_retry(now), false}@];
@@ -2470,6 +2508,7 @@ Change Pool::set_up(Destination &x, bool up, Time now)
   bool was_up = !x.down && !x.check_down;
   if (up == was_up) return Change::none;
   x.changed_at = now;
+  if (up) x.up_since = now;
   return up ? Change::up : Change::down;
 }
 Change Pool::connected(int d)
@@ -5148,6 +5187,7 @@ struct Config {@/
   Time queue_timeout = 10 * sec;
   Time grace = 30 * sec;
   Time backoff_max = 5 * sec;
+  Time slow_start = 0; /* 0: a destination that comes back gets its full share at once */
   Time check_interval = 0; /* 0: no health checks */
   unsigned rise = 2, fall = 3; /* passed or failed checks that change the state */
   std::size_t queue_max = 0; /* 0: no limit but |max_conn| */
@@ -5186,6 +5226,8 @@ s += "  -a, --algorithm NAME     leastconn, roundrobin or source (the same clien
 "                           SIGINT (default: 30s)\n"@/
 "      --backoff-max D      longest wait before a down destination is tried\n"@/
 "                           again (default: 5s)\n"@/
+"      --slow-start D       a DEST that comes back gets a share of new clients\n"@/
+"                           that grows to its weight over D (default: 0, off)\n"@/
 "      --check-interval D   probe each DEST with a TCP connect every D\n"@/
 "                           (default: 0, off)\n"@/
 "      --rise N, --fall N   checks passed to bring a DEST back (default: 2),\n"@/
@@ -5310,7 +5352,7 @@ bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
   || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
   || name == "--fall" || name == "--queue-max" || name == "--stats"@|
-  || name == "--allow" || name == "--deny";
+  || name == "--allow" || name == "--deny" || name == "--slow-start";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -5338,6 +5380,7 @@ else if (name == "--idle-timeout") cfg.idle_timeout = duration_option(name, valu
 else if (name == "--queue-timeout") cfg.queue_timeout = duration_option(name, value, false);
 else if (name == "--grace") cfg.grace = duration_option(name, value, true);
 else if (name == "--backoff-max") cfg.backoff_max = duration_option(name, value, false);
+else if (name == "--slow-start") cfg.slow_start = duration_option(name, value, true);
 else if (name == "--check-interval") cfg.check_interval = duration_option(name, value, true);
 else if (name == "--rise") cfg.rise = unsigned(count_option(name, value, 1, 1000));
 else if (name == "--fall") cfg.fall = unsigned(count_option(name, value, 1, 1000));

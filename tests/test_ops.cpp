@@ -1436,6 +1436,30 @@ TEST_CASE("source affinity (-a source): each client address keeps its destinatio
     }
 }
 
+TEST_CASE("slow start (--slow-start): a destination that comes back gets fewer new clients than its peer",
+          "[integration][ops][slowstart]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    const uint16_t lp = free_port();
+    // Ten minutes: every fetch below happens inside the slow start, however loaded the machine.
+    auto lb = start_balancer({"-v", "-a", "roundrobin", "--slow-start", "10m", "--backoff-max", "250ms", listen_arg(lp),
+                              a->address(), b->address()});
+    std::map<std::string, int> first = fetch_many(lp, 20);
+    INFO("both up from the start: " << show(first));
+    CHECK(first["A\n"] == 10);
+    CHECK(first["B\n"] == 10);
+
+    b->stop();
+    CHECK(wait_until([&] { return fetch(kLo, lp) == "A\n" && lb->log().find(" is down") != std::string::npos; }, kIo));
+    REQUIRE(b->start());
+    // B is back when a client reaches it (its trial); from then on it is in slow start.
+    CHECK(wait_until([&] { return fetch(kLo, lp) == "B\n"; }, kIo, 0.05));
+    std::map<std::string, int> later = fetch_many(lp, 40);
+    INFO("after B came back: " << show(later) << "\nlog:\n" << lb->log());
+    CHECK(later["A\n"] + later["B\n"] == 40);
+    CHECK(later["B\n"] <= 2);  // its share is a few thousandths of A's for minutes
+}
+
 TEST_CASE("command line: malformed operations options exit 2 with one line naming the argument",
           "[integration][ops]") {
     const auto ports = free_ports(3);
@@ -1494,6 +1518,7 @@ TEST_CASE("command line: malformed operations options exit 2 with one line namin
         {{"--deny", "10.0.0.0/33", L, D}, "--deny: '10.0.0.0/33'"},
         {{"--allow", "localhost", L, D}, "--allow: 'localhost'"},
         {{L, D, "--deny"}, "'--deny' needs a value"},
+        {{"--slow-start", "soon", L, D}, "--slow-start: 'soon'"},
     };
     int checked = 0;
     for (const Case& k : cases) {

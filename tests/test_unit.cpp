@@ -685,6 +685,8 @@ TEST_CASE("access rules: parsing, first match decides, any --allow refuses the r
         CHECK(m.find('\n') == std::string::npos);
     }
     CHECK(usage_error({"--allow", "10.0.0.1/8", "80", "81"}).find("10.0.0.1/8") != std::string::npos);
+    CHECK(parse({"--slow-start", "30s", "80", "81"}).slow_start == 30 * sec);
+    CHECK(parse({"80", "81"}).slow_start == 0);
 }
 
 // The destination that `p` picks for each of `n` client addresses 10.x.y.z (and
@@ -809,6 +811,68 @@ TEST_CASE("Pool: source affinity follows weights; DEST@2 and DEST DEST are the s
     Pick none = c.pick(sec, &x);
     CHECK(none.dest == -1);
     CHECK(none.retry_at == sec + wait);
+}
+
+// How many of `n` short connections, picked at time `t`, go to destination 1.
+static int picks_of_1(Pool &p, int n, Time t)
+{
+    int ones = 0;
+    for (int i = 0; i < n; ++i) {
+        Pick k = p.pick(t);
+        REQUIRE(k.dest >= 0);
+        ones += k.dest == 1;
+        p.release(k.dest);
+    }
+    return ones;
+}
+
+TEST_CASE("Pool: slow start (--slow-start): a destination that comes back gets a share that grows to its weight",
+          "[unit][pool][slowstart]")
+{
+    for (Algorithm a : {Algorithm::leastconn, Algorithm::roundrobin}) {
+        for (Time slow : {Time(0), 10 * sec}) {
+            INFO((a == Algorithm::leastconn ? "leastconn" : "roundrobin") << ", slow start " << slow / sec << " s");
+            Pool p;
+            p.algorithm = a;
+            p.slow_start = slow;
+            fill(p, 2);
+            // Up from the start: no slow start, the clients alternate.
+            CHECK(picks_of_1(p, 1000, now_us()) == 500);
+
+            // Destination 1 fails, then its trial succeeds: it is back, as of now_us().
+            Time t = now_us(), wait = 0;
+            Pick k = p.pick(t);
+            while (k.dest != 1) {
+                p.release(k.dest);
+                k = p.pick(t);
+            }
+            p.failed(1, t, &wait, k.trial);
+            k = p.pick(t + wait);
+            while (!k.trial) {
+                p.release(k.dest);
+                k = p.pick(t + wait);
+            }
+            REQUIRE(k.dest == 1);
+            const Time back = now_us();
+            p.connected(1);
+            p.release(1);
+
+            if (slow == 0) {
+                CHECK(picks_of_1(p, 1000, back + sec) == 500);
+                continue;
+            }
+            // A tenth of the way: shares 100 and 1000 thousandths, 1 client in 11.
+            int tenth = picks_of_1(p, 1100, back + slow / 10 + msec);
+            CHECK(tenth >= 98);
+            CHECK(tenth <= 102);
+            // Halfway: 500 and 1000, 1 in 3.
+            int half = picks_of_1(p, 1500, back + slow / 2 + msec);
+            CHECK(half >= 498);
+            CHECK(half <= 502);
+            // After D: equal again.
+            CHECK(picks_of_1(p, 1000, back + slow + msec) == 500);
+        }
+    }
 }
 
 TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
