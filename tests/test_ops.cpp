@@ -751,9 +751,10 @@ TEST_CASE("statistics (--stats): exact counters, Prometheus text format, HTTP er
         "iawlb_destination_connections_total", "iawlb_destination_failed_connects_total",
         "iawlb_destination_sent_bytes_total", "iawlb_destination_received_bytes_total",
         "iawlb_destination_last_change_seconds", "iawlb_accepted_connections_total", "iawlb_queued_connections",
-        "iawlb_active_connections", "iawlb_refused_connections_total", "iawlb_uptime_seconds"};
+        "iawlb_active_connections", "iawlb_refused_connections_total", "iawlb_denied_connections_total",
+        "iawlb_uptime_seconds"};
     CHECK(ex.families == families);
-    CHECK(ex.samples == 8 * 2 + 5);
+    CHECK(ex.samples == 8 * 2 + 6);
     for (const std::string& f : families) {
         const bool counter = f.size() > 6 && f.compare(f.size() - 6, 6, "_total") == 0;
         INFO(f);
@@ -1298,6 +1299,167 @@ TEST_CASE("without --reuseport on both, a second balancer on the same port exits
 // 7. Bad input for every new option
 // ===========================================================================
 
+// A client socket bound to `source` (an address of 127.0.0.0/8), connected to
+// 127.0.0.1:port; a blocking connect bounded by SO_SNDTIMEO.
+Fd connect_from(const std::string& source, uint16_t port) {
+    SockAddr from, to;
+    if (!make_addr(source, 0, from) || !make_addr(kLo, port, to)) return Fd();
+    Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    timeval tv{5, 0};
+    if (!s || ::setsockopt(s.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) return Fd();
+    if (::bind(s.get(), from.ptr(), from.len) != 0 || ::connect(s.get(), to.ptr(), to.len) != 0) return Fd();
+    ::fcntl(s.get(), F_SETFL, ::fcntl(s.get(), F_GETFL) | O_NONBLOCK);
+    return s;
+}
+
+// What became of one client from `source`: "served" if its bytes came back
+// through the echo destination and the half-close was answered, "closed" if the
+// balancer closed it without a byte, else what went wrong.
+std::string outcome_from(const std::string& source, uint16_t port) {
+    Fd c = connect_from(source, port);
+    if (!c) return std::string("connect from ") + source + ": " + std::strerror(errno);
+    const std::string msg = "from " + source + "\n";
+    if (send_all(c.get(), msg, kIo) != Io::Ok) return "closed";  // a reset may come first
+    std::string got;
+    Io st = recv_exact(c.get(), got, msg.size(), kIo);
+    if ((st == Io::Eof || st == Io::Reset) && got.empty()) return "closed";
+    if (st != Io::Ok || got != msg) return std::string("recv: ") + io_name(st) + " '" + got + "'";
+    ::shutdown(c.get(), SHUT_WR);
+    st = wait_closed(c.get(), kIo);
+    return st == Io::Eof ? "served" : std::string("after half-close: ") + io_name(st);
+}
+
+TEST_CASE("access rules (--allow, --deny): the first match decides, refused clients are closed at once",
+          "[integration][ops][acl]") {
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const uint16_t lp = ports[0], sp = ports[1];
+    auto echo = Backend::make(Kind::Echo, "E");
+    {
+        SockAddr a;
+        Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!make_addr("127.0.0.3", 0, a) || !probe || ::bind(probe.get(), a.ptr(), a.len) != 0) {
+            WARN("cannot bind a client to 127.0.0.3 here: skipped");
+            return;
+        }
+    }
+    const long before = echo->connections();  // 0: each section has its own destination
+
+    SECTION("a deny before a broader allow; a client that matches no rule is refused") {
+        auto lb = start_balancer({"-v", "--deny", "127.0.0.3", "--allow", "127.0.0.0/30", "--stats", listen_arg(sp),
+                                  listen_arg(lp), echo->address()});
+        CHECK(outcome_from("127.0.0.1", lp) == "served");
+        CHECK(outcome_from("127.0.0.3", lp) == "closed");  // denied, though inside 127.0.0.0/30
+        CHECK(outcome_from("127.0.0.2", lp) == "served");
+        CHECK(outcome_from("127.0.0.4", lp) == "closed");  // outside every rule
+        auto m = scrape(sp);
+        INFO(show_metrics(m) << "\nlog:\n" << lb->log());
+        CHECK(value_of(m, "iawlb_denied_connections_total") == 2);
+        CHECK(value_of(m, "iawlb_accepted_connections_total") == 2);
+        CHECK(echo->connections() - before == 2);  // the destination never saw the others
+        CHECK(count_of(lb->log(), " denied by the access rules") == 2);
+        CHECK(count_of(lb->log(), "127.0.0.3:") == 1);
+    }
+    SECTION("only denies: every other client is served, also on a dual-stack listener (IPv4-mapped)") {
+        auto lb = start_balancer({"--deny", "127.0.0.2/32", "--stats", listen_arg(sp), std::to_string(lp),
+                                  echo->address()});
+        CHECK(outcome_from("127.0.0.1", lp) == "served");
+        CHECK(outcome_from("127.0.0.2", lp) == "closed");
+        CHECK(outcome_from("127.0.0.3", lp) == "served");
+        auto m = scrape(sp);
+        INFO(show_metrics(m));
+        CHECK(value_of(m, "iawlb_denied_connections_total") == 1);
+        CHECK(echo->connections() - before == 2);
+    }
+    SECTION("an allow alone refuses the rest") {
+        auto lb = start_balancer({"--allow", "127.0.0.2", "--stats", listen_arg(sp), listen_arg(lp), echo->address()});
+        CHECK(outcome_from("127.0.0.1", lp) == "closed");
+        CHECK(outcome_from("127.0.0.2", lp) == "served");
+        CHECK(value_of(scrape(sp), "iawlb_denied_connections_total") == 1);
+    }
+}
+
+// The answer of a Name destination to a client from `source`, or "<...>" on error.
+std::string fetch_from(const std::string& source, uint16_t port) {
+    Fd c = connect_from(source, port);
+    if (!c) return std::string("<connect from ") + source + ": " + std::strerror(errno) + ">";
+    std::string s;
+    Io st = recv_until_eof(c.get(), s, kIo);
+    return st == Io::Eof ? s : "<" + std::string(io_name(st)) + " after '" + s + "'>";
+}
+
+TEST_CASE("source affinity (-a source): each client address keeps its destination; one that dies moves only its own",
+          "[integration][ops][affinity]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    auto c = Backend::make(Kind::Name, "C");
+    {
+        SockAddr x;
+        Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (!make_addr("127.0.0.3", 0, x) || !probe || ::bind(probe.get(), x.ptr(), x.len) != 0) {
+            WARN("cannot bind a client to 127.0.0.3 here: skipped");
+            return;
+        }
+    }
+    const uint16_t lp = free_port();
+    auto lb = start_balancer({"-a", "source", listen_arg(lp), a->address(), b->address(), c->address()});
+
+    // 24 client addresses, three connections each (each from a new port): always the same answer.
+    std::map<std::string, std::string> home;
+    std::map<std::string, int> per_dest;
+    for (int i = 1; i <= 24; ++i) {
+        const std::string src = "127.0.0." + std::to_string(i);
+        for (int round = 0; round < 3; ++round) {
+            std::string got = fetch_from(src, lp);
+            INFO(src << ", round " << round);
+            REQUIRE((got == "A\n" || got == "B\n" || got == "C\n"));
+            if (round == 0) home[src] = got;
+            CHECK(got == home[src]);
+        }
+        per_dest[home[src]]++;
+    }
+    INFO("clients per destination: " << show(per_dest));
+    CHECK(per_dest.size() >= 2);  // 24 addresses on one destination would be no hash
+
+    // B dies: its clients are served by A and C, every other client stays where it was.
+    const std::string gone = per_dest.count("B\n") ? "B\n" : (per_dest.count("A\n") ? "A\n" : "C\n");
+    (gone == "B\n" ? b : gone == "A\n" ? a : c)->kill();
+    for (auto& [src, dest] : home) {
+        std::string got = fetch_from(src, lp);
+        INFO(src << " was on " << dest);
+        if (dest == gone) {
+            CHECK(got != gone);
+            CHECK((got == "A\n" || got == "B\n" || got == "C\n"));
+        } else {
+            CHECK(got == dest);
+        }
+    }
+}
+
+TEST_CASE("slow start (--slow-start): a destination that comes back gets fewer new clients than its peer",
+          "[integration][ops][slowstart]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    const uint16_t lp = free_port();
+    // Ten minutes: every fetch below happens inside the slow start, however loaded the machine.
+    auto lb = start_balancer({"-v", "-a", "roundrobin", "--slow-start", "10m", "--backoff-max", "250ms", listen_arg(lp),
+                              a->address(), b->address()});
+    std::map<std::string, int> first = fetch_many(lp, 20);
+    INFO("both up from the start: " << show(first));
+    CHECK(first["A\n"] == 10);
+    CHECK(first["B\n"] == 10);
+
+    b->stop();
+    CHECK(wait_until([&] { return fetch(kLo, lp) == "A\n" && lb->log().find(" is down") != std::string::npos; }, kIo));
+    REQUIRE(b->start());
+    // B is back when a client reaches it (its trial); from then on it is in slow start.
+    CHECK(wait_until([&] { return fetch(kLo, lp) == "B\n"; }, kIo, 0.05));
+    std::map<std::string, int> later = fetch_many(lp, 40);
+    INFO("after B came back: " << show(later) << "\nlog:\n" << lb->log());
+    CHECK(later["A\n"] + later["B\n"] == 40);
+    CHECK(later["B\n"] <= 2);  // its share is a few thousandths of A's for minutes
+}
+
 TEST_CASE("command line: malformed operations options exit 2 with one line naming the argument",
           "[integration][ops]") {
     const auto ports = free_ports(3);
@@ -1351,6 +1513,12 @@ TEST_CASE("command line: malformed operations options exit 2 with one line namin
         {{"--send-proxy-v2=yes", L, D}, "'--send-proxy-v2' takes no value"},
         {{"--reuseport=1", L, D}, "'--reuseport' takes no value"},
         {{"--send-proxy-v3", L, D}, "unknown option '--send-proxy-v3'"},
+        // access rules
+        {{"--allow", "127.0.0.1/8", L, D}, "'127.0.0.1/8' has bits set beyond its prefix length"},
+        {{"--deny", "10.0.0.0/33", L, D}, "--deny: '10.0.0.0/33'"},
+        {{"--allow", "localhost", L, D}, "--allow: 'localhost'"},
+        {{L, D, "--deny"}, "'--deny' needs a value"},
+        {{"--slow-start", "soon", L, D}, "--slow-start: 'soon'"},
     };
     int checked = 0;
     for (const Case& k : cases) {

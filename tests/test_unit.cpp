@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -617,6 +618,261 @@ TEST_CASE("parse_args: the operations options", "[unit][parse][ops]")
         CHECK(m.find('\n') == std::string::npos);
     }
     CHECK(usage_error({"80", "81@0"}).find("81@0") != std::string::npos);
+}
+
+// A client address for acl_admits: an IPv4 or IPv6 literal, with any port.
+static SockAddr client(const char *text)
+{
+    SockAddr a;
+    if (inet_pton(AF_INET, text, &a.in4.sin_addr) == 1) {
+        a.in4.sin_family = AF_INET;
+        a.len = sizeof a.in4;
+    } else {
+        REQUIRE(inet_pton(AF_INET6, text, &a.in6.sin6_addr) == 1);
+        a.in6.sin6_family = AF_INET6;
+        a.len = sizeof a.in6;
+    }
+    return a;
+}
+
+TEST_CASE("access rules: parsing, first match decides, any --allow refuses the rest", "[unit][parse][acl]")
+{
+    const Config none = parse({"80", "81"});
+    CHECK(none.acl.empty());
+    CHECK(acl_admits(none.acl, client("192.0.2.1")));
+
+    const Config c = parse({"--deny", "10.1.2.0/25", "--allow=10.0.0.0/8", "--allow", "2001:db8::/32",
+                            "--deny", "::1", "80", "81"});
+    REQUIRE(c.acl.size() == 4);
+    CHECK_FALSE(c.acl[0].allow);
+    CHECK(c.acl[0].bits == 25);
+    CHECK(c.acl[1].allow);
+    CHECK(c.acl[2].family == AF_INET6);
+    CHECK(c.acl[3].bits == 128);  // a bare address is a network of one
+
+    CHECK_FALSE(acl_admits(c.acl, client("10.1.2.0")));    // the deny comes first
+    CHECK_FALSE(acl_admits(c.acl, client("10.1.2.127")));  // last address of the /25
+    CHECK(acl_admits(c.acl, client("10.1.2.128")));        // just outside it: the allow
+    CHECK(acl_admits(c.acl, client("10.255.255.255")));
+    CHECK_FALSE(acl_admits(c.acl, client("11.0.0.0")));    // no rule: refused, as an allow exists
+    CHECK(acl_admits(c.acl, client("2001:db8:ffff::1")));
+    CHECK_FALSE(acl_admits(c.acl, client("2001:db9::1")));
+    CHECK_FALSE(acl_admits(c.acl, client("::1")));
+    // An IPv4 client on a [::] listener arrives IPv4-mapped, and is matched as IPv4.
+    CHECK(acl_admits(c.acl, client("::ffff:10.9.9.9")));
+    CHECK_FALSE(acl_admits(c.acl, client("::ffff:10.1.2.3")));
+    CHECK_FALSE(acl_admits(c.acl, client("::ffff:11.0.0.1")));
+
+    // Only denies: everything else is admitted. /0 matches every address of its family.
+    const Config d = parse({"--deny", "127.0.0.2", "--deny", "::/0", "80", "81"});
+    CHECK_FALSE(acl_admits(d.acl, client("127.0.0.2")));
+    CHECK(acl_admits(d.acl, client("127.0.0.1")));
+    CHECK_FALSE(acl_admits(d.acl, client("2001:db8::7")));
+    CHECK(acl_admits(parse({"--allow", "0.0.0.0/0", "80", "81"}).acl, client("203.0.113.9")));
+
+    const std::vector<std::vector<const char *> > bad = {
+        {"--allow", "10.0.0.1/8", "80", "81"},   // bits set beyond the prefix
+        {"--allow", "10.0.0.0/33", "80", "81"},  {"--deny", "::/129", "80", "81"},
+        {"--deny", "10.0.0.0/", "80", "81"},     {"--deny", "10.0.0.0/x", "80", "81"},
+        {"--allow", "300.0.0.1", "80", "81"},    {"--allow", "example.com", "80", "81"},
+        {"--allow", "", "80", "81"},             {"--deny", "[::1]", "80", "81"},
+        {"--allow", "10.0.0.0/-1", "80", "81"},  {"--allow", "80", "81"},
+    };
+    for (const auto &args : bad) {
+        std::string m = usage_error(args);
+        INFO("args " << args[0] << " " << args[1] << ": message '" << m << "'");
+        CHECK_FALSE(m.empty());
+        CHECK(m.find('\n') == std::string::npos);
+    }
+    CHECK(usage_error({"--allow", "10.0.0.1/8", "80", "81"}).find("10.0.0.1/8") != std::string::npos);
+    CHECK(parse({"--slow-start", "30s", "80", "81"}).slow_start == 30 * sec);
+    CHECK(parse({"80", "81"}).slow_start == 0);
+}
+
+// The destination that `p` picks for each of `n` client addresses 10.x.y.z (and
+// one IPv6 client per 16), each connection released at once.
+static std::vector<int> affinity(Pool &p, int n, Time now)
+{
+    std::vector<int> dest;
+    for (int i = 0; i < n; ++i) {
+        SockAddr a;
+        if (i % 16 == 15) {
+            a.in6.sin6_family = AF_INET6;
+            a.in6.sin6_addr.s6_addr[0] = 0x20;
+            a.in6.sin6_addr.s6_addr[1] = 0x01;
+            std::memcpy(&a.in6.sin6_addr.s6_addr[12], &i, sizeof i);
+            a.len = sizeof a.in6;
+        } else {
+            a.in4.sin_family = AF_INET;
+            a.in4.sin_addr.s_addr = htonl(0x0a000000u + std::uint32_t(i) * 2654435761u % 0x00ffffffu);
+            a.in4.sin_port = htons(std::uint16_t(1024 + i));  // the port must not matter
+            a.len = sizeof a.in4;
+        }
+        Pick k = p.pick(now, &a);
+        dest.push_back(k.dest);
+        if (k.dest >= 0) p.release(k.dest);
+    }
+    return dest;
+}
+
+TEST_CASE("Pool: source affinity is a consistent hash; a destination that leaves moves only its clients",
+          "[unit][pool][affinity]")
+{
+    const int n = 20000;
+    const Time t0 = 1000 * sec;
+    Pool p;
+    p.algorithm = Algorithm::source;
+    fill(p, 5);
+    const std::vector<int> before = affinity(p, n, t0);
+    CHECK(affinity(p, n, t0 + sec) == before);  // the same client, the same destination
+    std::vector<int> share(5, 0);
+    for (int d : before) {
+        REQUIRE(d >= 0);
+        ++share[std::size_t(d)];
+    }
+    for (int k = 0; k < 5; ++k) {
+        INFO("destination " << k << ": " << share[std::size_t(k)] << " of " << n);
+        CHECK(share[std::size_t(k)] > n / 5 * 6 / 10);  // about a fifth each
+        CHECK(share[std::size_t(k)] < n / 5 * 14 / 10);
+    }
+
+    // Destination 2 goes down: exactly its clients move, and none to it.
+    Time wait = 0;
+    Pick k = p.pick(t0);  // without an address: the rotation, for a connect that fails
+    while (k.dest != 2) {
+        p.release(k.dest);
+        k = p.pick(t0);
+    }
+    p.failed(2, t0, &wait, k.trial);
+    const std::vector<int> down = affinity(p, n, t0 + wait / 2);
+    int moved = 0;
+    for (int i = 0; i < n; ++i) {
+        if (before[std::size_t(i)] == 2) {
+            CHECK(down[std::size_t(i)] != 2);
+            ++moved;
+        } else if (down[std::size_t(i)] != before[std::size_t(i)]) {
+            FAIL("client " << i << " moved from " << before[std::size_t(i)] << " to " << down[std::size_t(i)]);
+        }
+    }
+    CHECK(moved == share[2]);
+
+    // It comes back (its trial succeeds): every client is where it was.
+    const Time later = t0 + 10 * wait;
+    k = p.pick(later, nullptr);
+    while (!k.trial) {
+        p.release(k.dest);
+        k = p.pick(later, nullptr);
+    }
+    REQUIRE(k.dest == 2);
+    p.connected(2);
+    p.release(2);
+    CHECK(affinity(p, n, later) == before);
+
+    // A sixth destination takes about a sixth of the clients, from every other one.
+    Pool q;
+    q.algorithm = Algorithm::source;
+    fill(q, 6);
+    const std::vector<int> six = affinity(q, n, t0);
+    int to_new = 0;
+    for (int i = 0; i < n; ++i) {
+        if (six[std::size_t(i)] == 5) ++to_new;
+        else CHECK(six[std::size_t(i)] == before[std::size_t(i)]);
+    }
+    INFO(to_new << " of " << n << " clients moved to the sixth destination");
+    CHECK(to_new > n / 6 * 6 / 10);
+    CHECK(to_new < n / 6 * 14 / 10);
+}
+
+TEST_CASE("Pool: source affinity follows weights; DEST@2 and DEST DEST are the same ring", "[unit][pool][affinity]")
+{
+    const int n = 20000;
+    Pool a, b;
+    a.algorithm = b.algorithm = Algorithm::source;
+    a.add(loopback(9001), 3);
+    a.add(loopback(9002), 1);
+    b.add(loopback(9001), 1);
+    b.add(loopback(9002), 1);
+    b.add(loopback(9001), 2);
+    const std::vector<int> da = affinity(a, n, sec), db = affinity(b, n, sec);
+    CHECK(da == db);
+    const long first = std::count(da.begin(), da.end(), 0);
+    INFO(first << " of " << n << " clients on the destination of weight 3");
+    CHECK(first > n * 65 / 100);
+    CHECK(first < n * 85 / 100);
+
+    // With every destination down, no destination and a time to ask again.
+    Pool c;
+    c.algorithm = Algorithm::source;
+    fill(c, 1);
+    Time wait = 0;
+    Pick k = c.pick(sec);
+    c.failed(k.dest, sec, &wait, k.trial);
+    SockAddr x = loopback(1);
+    Pick none = c.pick(sec, &x);
+    CHECK(none.dest == -1);
+    CHECK(none.retry_at == sec + wait);
+}
+
+// How many of `n` short connections, picked at time `t`, go to destination 1.
+static int picks_of_1(Pool &p, int n, Time t)
+{
+    int ones = 0;
+    for (int i = 0; i < n; ++i) {
+        Pick k = p.pick(t);
+        REQUIRE(k.dest >= 0);
+        ones += k.dest == 1;
+        p.release(k.dest);
+    }
+    return ones;
+}
+
+TEST_CASE("Pool: slow start (--slow-start): a destination that comes back gets a share that grows to its weight",
+          "[unit][pool][slowstart]")
+{
+    for (Algorithm a : {Algorithm::leastconn, Algorithm::roundrobin}) {
+        for (Time slow : {Time(0), 10 * sec}) {
+            INFO((a == Algorithm::leastconn ? "leastconn" : "roundrobin") << ", slow start " << slow / sec << " s");
+            Pool p;
+            p.algorithm = a;
+            p.slow_start = slow;
+            fill(p, 2);
+            // Up from the start: no slow start, the clients alternate.
+            CHECK(picks_of_1(p, 1000, now_us()) == 500);
+
+            // Destination 1 fails, then its trial succeeds: it is back, as of now_us().
+            Time t = now_us(), wait = 0;
+            Pick k = p.pick(t);
+            while (k.dest != 1) {
+                p.release(k.dest);
+                k = p.pick(t);
+            }
+            p.failed(1, t, &wait, k.trial);
+            k = p.pick(t + wait);
+            while (!k.trial) {
+                p.release(k.dest);
+                k = p.pick(t + wait);
+            }
+            REQUIRE(k.dest == 1);
+            const Time back = now_us();
+            p.connected(1);
+            p.release(1);
+
+            if (slow == 0) {
+                CHECK(picks_of_1(p, 1000, back + sec) == 500);
+                continue;
+            }
+            // A tenth of the way: shares 100 and 1000 thousandths, 1 client in 11.
+            int tenth = picks_of_1(p, 1100, back + slow / 10 + msec);
+            CHECK(tenth >= 98);
+            CHECK(tenth <= 102);
+            // Halfway: 500 and 1000, 1 in 3.
+            int half = picks_of_1(p, 1500, back + slow / 2 + msec);
+            CHECK(half >= 498);
+            CHECK(half <= 502);
+            // After D: equal again.
+            CHECK(picks_of_1(p, 1000, back + slow + msec) == 500);
+        }
+    }
 }
 
 TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
