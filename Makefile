@@ -148,9 +148,11 @@ $(BUILD)/doc/iawlb.tex: $(WEBS)
 
 # The figures are MetaPost programs in doc/figures.mp; mpost writes one
 # figures-N.mps file per figure next to the TeX file that places them.
-$(BUILD)/doc/figures.stamp: doc/figures.mp
+# figures.mp inputs doc/perfplot.mp (Figure 8, the performance chapter's bar
+# chart), which inputs benchdata.mp, the data written from the cited run below.
+$(BUILD)/doc/figures.stamp: doc/figures.mp doc/perfplot.mp $(BUILD)/doc/benchdata.mp
 	@mkdir -p $(BUILD)/doc
-	cp doc/figures.mp $(BUILD)/doc/figures.mp
+	cp doc/figures.mp doc/perfplot.mp $(BUILD)/doc/
 	cd $(BUILD)/doc && mpost -interaction=nonstopmode -halt-on-error figures.mp >/dev/null \
 	  || { tail -20 figures.log; exit 1; }
 	@touch $@
@@ -164,6 +166,11 @@ PROFILE_CITED := $(shell sed -n '2,3p' bench/CITED)
 $(BUILD)/doc/benchtable.tex: bench/table-to-tex.py bench/CITED $(BENCH_CITED)/report.md $(PROFILE_CITED)
 	@mkdir -p $(BUILD)/doc
 	python3 bench/table-to-tex.py $(BENCH_CITED)/report.md $(PROFILE_CITED) > $@
+
+# plot-to-mp.py reads the report with table-to-tex.py's functions.
+$(BUILD)/doc/benchdata.mp: bench/plot-to-mp.py bench/table-to-tex.py bench/CITED $(BENCH_CITED)/report.md
+	@mkdir -p $(BUILD)/doc
+	python3 bench/plot-to-mp.py $(BENCH_CITED)/report.md > $@
 
 $(BUILD)/doc/iawlb.pdf: $(BUILD)/doc/iawlb.tex $(BUILD)/doc/figures.stamp $(BUILD)/doc/benchtable.tex \
                         doc/seed-names.txt

@@ -74,8 +74,17 @@
 % A figure floats: it stays where it is written if it fits on the page, and
 % goes to the top of the next page otherwise, while the text goes on filling
 % this one.
+% A caption that fits on one line is centred; a longer one is a paragraph set
+% 3em in from each side.
+\newdimen\captionwidth
 \def\figure#1#2{\midinsert\centerline{\convertMPtoPDF{figures-#1.mps}{1}{1}}
-  \smallskip\centerline{\eightrm Figure #1. #2}\medskip\endinsert}
+  \smallskip\setbox0\hbox{\eightrm Figure #1. #2}\captionwidth=\hsize
+  \advance\captionwidth by -6em
+  \ifdim\wd0>\captionwidth
+    {\eightrm\baselineskip=10pt\leftskip=3em\rightskip=3em\noindent
+     Figure #1. #2\par}%
+  \else\centerline{\box0}\fi
+  \medskip\endinsert}
 % cwebmac begins a section with \vfil\penalty-100\vfilneg, which makes a page
 % break before any section free, however much of the page it leaves empty, so
 % TeX ends pages early rather than inside a long section. Here a section start
@@ -703,7 +712,7 @@ picks a destination for each client (chapter {\sl Balancing and failure}).
 
 The chapter goes from the outside in: who owns what (the invariants that
 let a worker run without locks), the |Worker|'s members and thread, the
-event loop and how it is woken, a connection and its states (Figure~2),
+event loop and how it is woken, a connection and its states (Figure~3),
 how an event is handled and how a connection is closed, and last the timers
 and the intrusive lists that keep connections in deadline order. The relay
 of bytes, which a worker does for each connection, is the next chapter.
@@ -919,8 +928,14 @@ not empty, an earlier |enqueue| made it non-empty and wrote to |wake|; the
 worker has not yet drained those items, and every read of |wake| is followed
 by a drain, so that drain will take the new items too. A write that finds the
 worker awake is not lost either: an |eventfd| keeps its count until read, and
-|epoll| reports it on the next call.
+|epoll| reports it on the next call. Figure~2 follows three batches through
+this order, and through the opposite one, which loses a wake-up.
 @^lost wake-up@>
+
+\figure2{A worker that reads its eventfd before it drains its inbox (left) takes
+every batch, wherever it falls; one that drains first (right) reads away
+batch~2's wake-up and sleeps with the batch in its inbox. Grey: the inbox's
+lock held; dashed: an eventfd write and the wake-up it brings.}
 
 The order ``phase, then drain'' matters at the end. The acceptor closes every
 inbox {\it before} it changes the phase. A worker that reads the new phase and
@@ -963,11 +978,11 @@ descriptor);
 another destination (|connecting| again); every state can go to |closed|. In
 each of the first three states the connection sits in the timer list of the
 same name, ordered by deadline, so one timer list per state tells the loop
-when to wake. Figure~2 draws the states and what moves a connection from one
+when to wake. Figure~3 draws the states and what moves a connection from one
 to the next; the relaying state is split by its two half-closes, which
 chapter {\sl The relay} explains.
 
-\figure2{The life of one connection. Dashed: the ways it can end early.}
+\figure3{The life of one connection. Dashed: the ways it can end early.}
 
 @<Connection record@>=
 enum class State : std::uint8_t {@+ queued, connecting, relaying, closed@+};
@@ -1619,10 +1634,16 @@ received segments, and from the pipe into the other socket it gives the same
 pages to TCP to send. The bytes never enter the balancer's memory. A pipe is
 then the window of the half: bytes read and not yet sent, |held| of them,
 and backpressure works as before, since the half reads only when its pipe is
-empty. Chapter {\sl Performance} measures what this saves.
+empty. Figure~4 draws the buffer's window and both paths; chapter {\sl
+Performance} measures what this saves.
 @^Linux dependencies@>
 @^IAWLB, departures from@>
 @^zero copy@>
+
+\figure4{A relay buffer, its window and the offsets that bound it (above), and
+the two ways bytes go from one socket to the other (below): copied out of the
+kernel and back in, or, on a bulk stream, moved through a pipe by reference,
+never entering the balancer.}
 
 Splicing is not for every stream. A pipe costs two descriptors and a
 |pipe2| call, and a splice in and a splice out are two system calls, as many
@@ -2090,6 +2111,13 @@ connection, 17.6 before and 16.6 after, counted with \.{strace -c -f} under
 today's version). Nothing is lost by closing instead: both
 sources have ended their streams, so no unread byte is left in either
 receive queue, which is the case in which |close| would send a reset.
+Figure~5 shows a whole connection ended this way, one direction after the
+other.
+
+\figure5{One relay, each side ending its stream in turn: the client's end is
+passed on as a shutdown for writing, the destination answers on, and its own
+end completes the connection, whose close carries it to the client. Dashed:
+bytes relayed inside the balancer.}
 
 The end of a source that is |gone| is not forwarded: a server that failed a
 |send| ended with a reset, and its client must not see a clean end
@@ -2552,14 +2580,14 @@ cap (\.{--backoff-max}, 5\,s by default): 250\,ms, 500\,ms, 1\,s, 2\,s, 4\,s,
 5\,s, 5\,s,~\dots. A destination that is restarting is found again within a
 quarter of a second; one that is down for an hour costs one failed connect
 every five seconds, and is back in service at most five seconds after it
-returns. The doubling stops at the cap before it can overflow. Figure~3
+returns. The doubling stops at the cap before it can overflow. Figure~6
 follows one destination whose server stops at 1\,s and starts again at
 9\,s: five failed trials, then a success at 13.75\,s, when the 5\,s cap
 has run out. Meanwhile every client went to the other destinations, except
 the client that met the first failure and the five sent on a trial, and
 each of those six was sent on at once.
 
-\figure3{A destination down from 1\,s to 9\,s, as the pool sees it:
+\figure6{A destination down from 1\,s to 9\,s, as the pool sees it:
 $\times$ a failed trial, $\circ$ the trial that brings it back.}
 
 @<Functions@>=
@@ -3408,6 +3436,13 @@ and wakes the workers, which close all their connections at once and
 return; then step~5 ends as before.
 \smallskip
 @.no longer accepting@>
+
+\noindent Figure~7 draws the steps on one time line.
+
+\figure7{A graceful drain, not to scale: the clients already in the backlog
+are served and newcomers are not, and a connection still open when the grace
+period ends is closed then. Had every connection ended sooner, the last
+worker's return would have ended the process.}
 
 @<Members of |Balancer|@>=
 void take_signals()
@@ -4656,6 +4691,11 @@ twice direct's latency (in the run of two hours earlier, kept beside this
 one, the order of the four on the keep-alive rate was different). No proxy
 comes near direct on the rates, and none can, for a reason the next section
 measures.
+
+Figure~8 draws the four throughputs of the table as fractions of direct: the
+bulk bars show the splice's lead, the request-rate bars the common band.
+
+\figure8{Each proxy's throughput as a fraction of direct, in the run of \benchdate.}
 
 @ {\it Why no proxy reaches direct.} A request through a proxy crosses two TCP
 connections instead of one, so the kernel sends, receives and acknowledges

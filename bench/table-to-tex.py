@@ -21,6 +21,10 @@ PROFILE.md is the output of bench/profile.sh. Its tables become
 by name),
 \\pfbulk{TARGET}{rate or cpu}, and \\profiledate; EARLIER-PROFILE.md, the same
 output for an earlier version, becomes \\pfo, \\pfobulk and \\pfodate.
+
+bench/plot-to-mp.py, which writes the data of the book's bar chart, reads the
+report with the functions below (read_report, parse_cell, row_key, row_label,
+tex) rather than parsing it again.
 """
 import re
 import sys
@@ -34,17 +38,22 @@ def tex(s):
     return s.replace('µ', r'$\mu$').replace('–', '--').replace('—', '---').replace('×', r'$\times$')
 
 
-def cell(text):
-    """'7001 (6409–7549) ×0.44d ×0.74h' -> median and ratios, as TeX."""
-    text = text.strip()
-    if text in ('—', '-', ''):
-        return r'---'
-    m = re.match(r'^(\S+)(?:\s+\(([^)]*)\))?(.*)$', text)
-    if not m:
-        return tex(text)
+def parse_cell(text):
+    """A cell of the report -> (median, ratios, marks); '7001 (6409–7549) ×0.44d
+    ×0.74h !' -> ('7001', [('0.44', 'd'), ('0.74', 'h')], ['!']). The median is
+    '' for an empty cell, and the cell itself if it has no figure (—, failed)."""
+    m = re.match(r'^(\S*)(?:\s+\(([^)]*)\))?(.*)$', text.strip())
     median, rest = m.group(1), m.group(3)
-    ratios = re.findall(r'×([0-9.]+)([dh])', rest)
-    marks = ' '.join(tex(x) for x in re.findall(r'(!|\[\d+/\d+\]|failed)', rest))
+    return (median, re.findall(r'×([0-9.]+)([dh])', rest),
+            re.findall(r'(!|\[\d+/\d+\]|failed)', rest))
+
+
+def cell(text):
+    """A cell -> its median and marks, over its ratios, as TeX."""
+    median, ratios, marks = parse_cell(text)
+    if median in ('—', '-', ''):
+        return r'---'
+    marks = ' '.join(tex(x) for x in marks)
     line2 = r'\enspace '.join(r'$\times$%s\,%s' % (v, k) for v, k in ratios)
     return r'\cell{%s%s}{%s}' % (tex(median), (' ' + marks) if marks else '', line2)
 
@@ -57,6 +66,16 @@ ROWS = [('connection rate', 'conn'), ('keep-alive', 'ka'), ('latency p50', 'p50'
         ('memory: KiB per connection', 'kibN')]
 
 
+def row_key(label):
+    """The key in ROWS of a row's label, or None."""
+    return next((k for prefix, k in ROWS if label.startswith(prefix)), None)
+
+
+def row_label(label):
+    """A row's label as the book writes it."""
+    return label.replace('conns', 'connections')
+
+
 # The peers by the names the book gives them everywhere else.
 NAMES = {'haproxy': 'HAProxy'}
 
@@ -66,12 +85,29 @@ def define(name, value):
 
 
 def cell_macros(key, target, text):
-    text = text.strip()
-    m = re.match(r'^(\S+)', text)
-    out = [define('bm:%s:%s' % (key, target), tex(m.group(1)) if m else '---')]
-    for v, k in re.findall(r'×([0-9.]+)([dh])', text):
+    median, ratios, _ = parse_cell(text)
+    out = [define('bm:%s:%s' % (key, target), tex(median) if median else '---')]
+    for v, k in ratios:
         out.append(define('b%s:%s:%s' % (k, key, target), v))
     return out
+
+
+def read_report(path):
+    """A report -> (head, titles, rows): the header's fields (date, command,
+    machine, versions), the table's column titles, and its rows under the
+    rule, each a list of its cells, the label first."""
+    lines = open(path, encoding='utf-8').read().splitlines()
+    head = {}
+    for ln in lines:
+        if ln.startswith('# iawlb benchmark,'):
+            head['date'] = ln.split(',', 1)[1].strip()
+        m = re.match(r'^- (command|machine|versions): (.*)$', ln)
+        if m:
+            head[m.group(1)] = m.group(2)
+    table = [[c.strip() for c in ln.strip('|').split('|')] for ln in lines if ln.startswith('|')]
+    if len(table) < 3:
+        sys.exit('%s: no table found' % path)
+    return head, table[0], table[2:]
 
 
 def profile_macros(path, pre='pf'):
@@ -98,18 +134,7 @@ def profile_macros(path, pre='pf'):
 def main():
     if len(sys.argv) not in (2, 3, 4):
         sys.exit('usage: table-to-tex.py REPORT.md [PROFILE.md [EARLIER-PROFILE.md]]')
-    lines = open(sys.argv[1], encoding='utf-8').read().splitlines()
-    head = {}
-    for ln in lines:
-        if ln.startswith('# iawlb benchmark,'):
-            head['date'] = ln.split(',', 1)[1].strip()
-        m = re.match(r'^- (command|machine|versions): (.*)$', ln)
-        if m:
-            head[m.group(1)] = m.group(2)
-    rows = [ln for ln in lines if ln.startswith('|')]
-    if len(rows) < 3:
-        sys.exit('%s: no table found' % sys.argv[1])
-    titles = [c.strip() for c in rows[0].strip('|').split('|')]
+    head, titles, rows = read_report(sys.argv[1])
     out = []
     out.append(r'\def\benchdate{%s}' % tex(head.get('date', '?')))
     command = head.get('command', '?').split('`')
@@ -125,15 +150,13 @@ def main():
                r'\tabskip=0pt plus 1fil&&\hfil##\tabskip=0pt plus 1fil\cr')
     out.append('&'.join(r'\bf %s' % tex(NAMES.get(t, t)) for t in titles)
                + r'\cr\noalign{\smallskip\hrule\smallskip}')
-    for ln in rows[2:]:
-        cells = [c.strip() for c in ln.strip('|').split('|')]
-        out.append(tex(cells[0].replace('conns', 'connections')) + '&' + '&'.join(cell(c) for c in cells[1:])
+    for cells in rows:
+        out.append(tex(row_label(cells[0])) + '&' + '&'.join(cell(c) for c in cells[1:])
                    + r'\cr\noalign{\smallskip}')
     out.append(r'\noalign{\hrule}}}}')
     targets = [t.lower() for t in titles[1:]]
-    for ln in rows[2:]:
-        cells = [c.strip() for c in ln.strip('|').split('|')]
-        key = next((k for prefix, k in ROWS if cells[0].startswith(prefix)), None)
+    for cells in rows:
+        key = row_key(cells[0])
         if key:
             for target, c in zip(targets, cells[1:]):
                 out += cell_macros(key, target, c)
