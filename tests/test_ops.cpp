@@ -1312,6 +1312,14 @@ Fd connect_from(const std::string& source, uint16_t port) {
     return s;
 }
 
+// Whether a client socket can be bound to `source` (all of 127.0.0.0/8 is
+// loopback on Linux, but a container may differ).
+bool can_bind(const std::string& source) {
+    SockAddr a;
+    Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    return make_addr(source, 0, a) && s && ::bind(s.get(), a.ptr(), a.len) == 0;
+}
+
 // What became of one client from `source`: "served" if its bytes came back
 // through the echo destination and the half-close was answered, "closed" if the
 // balancer closed it without a byte, else what went wrong.
@@ -1335,13 +1343,9 @@ TEST_CASE("access rules (--allow, --deny): the first match decides, refused clie
     REQUIRE(ports.size() == 2);
     const uint16_t lp = ports[0], sp = ports[1];
     auto echo = Backend::make(Kind::Echo, "E");
-    {
-        SockAddr a;
-        Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (!make_addr("127.0.0.3", 0, a) || !probe || ::bind(probe.get(), a.ptr(), a.len) != 0) {
-            WARN("cannot bind a client to 127.0.0.3 here: skipped");
-            return;
-        }
+    if (!can_bind("127.0.0.3")) {
+        WARN("cannot bind a client to 127.0.0.3 here: skipped");
+        return;
     }
     const long before = echo->connections();  // 0: each section has its own destination
 
@@ -1393,13 +1397,9 @@ TEST_CASE("source affinity (-a source): each client address keeps its destinatio
     auto a = Backend::make(Kind::Name, "A");
     auto b = Backend::make(Kind::Name, "B");
     auto c = Backend::make(Kind::Name, "C");
-    {
-        SockAddr x;
-        Fd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-        if (!make_addr("127.0.0.3", 0, x) || !probe || ::bind(probe.get(), x.ptr(), x.len) != 0) {
-            WARN("cannot bind a client to 127.0.0.3 here: skipped");
-            return;
-        }
+    if (!can_bind("127.0.0.3")) {
+        WARN("cannot bind a client to 127.0.0.3 here: skipped");
+        return;
     }
     const uint16_t lp = free_port();
     auto lb = start_balancer({"-a", "source", listen_arg(lp), a->address(), b->address(), c->address()});
