@@ -304,9 +304,10 @@ from''. The main ones:
   $\to$ one |write| per line, no lock, to standard error
   (chapter {\sl Logging}).\cr
 \row A program to read, with nothing an operator needs&
-  $\to$ weights, health checks, a queue limit, Prometheus statistics, the
-  PROXY protocol, restarts without a refused client
-  (chapter {\sl Operations}).\cr
+  $\to$ weights, health checks, a queue limit, access rules, Prometheus
+  statistics, the PROXY protocol, restarts without a refused client
+  (chapter {\sl Operations}); source affinity and slow start (chapter {\sl
+  Balancing and failure}).\cr
 }
 \smallskip
 
