@@ -591,7 +591,7 @@ shared.pool.slow_start = shared.cfg.slow_start;
 std::vector<unsigned> given; /* how often each destination of the pool was given */
 for (@[const Endpoint &d@,:@,shared.cfg.dests@])
   for (@[const SockAddr &a@,:@,resolve_all(d, "destination")@]) {
-    std::size_t i = shared.pool.add(a, d.weight);
+    std::size_t i = shared.pool.add(a, d.weight, d.backup);
     given.resize(shared.pool.size());
     ++given[i];
   }
@@ -629,7 +629,7 @@ destinations as resolved.
 @<Log the start-up line@>=
 std::string names;
 for (std::size_t i = 0; i < shared.pool.size(); ++i)
-  names += (i ? ", " : "") + shared.pool[i].name;
+  names += (i ? ", " : "") + shared.pool[i].name + (shared.pool[i].backup ? " (backup)" : "");
 Log(Level::info, "iawlb %s listening on %s, %zu workers, at most %zu clients, "@|
   "destinations %s", iawlb_version, addr_to_string(listen_addr).c_str(),
   workers.size(), shared.max_conn, names.c_str());
@@ -2244,6 +2244,7 @@ struct Destination {@/
   std::string name; /* the resolved address, for the log */
   SockAddr addr;@/
   unsigned weight = 1; /* its share of new clients; fixed at start-up, a sum if given twice */
+  bool backup = false; /* used only while no primary is usable; fixed at start-up */
   unsigned active = 0; /* connections now, guarded by |Pool::m_| */
   unsigned failures = 0; /* consecutive failed connects, ditto */
   bool down = false; /* marked down by a failed connect; ditto */
@@ -2296,7 +2297,7 @@ public:@/
   Algorithm algorithm = Algorithm::leastconn;@/
   Time backoff_cap = 5 * sec;@/
   Time slow_start = 0; /* \.{--slow-start}; 0: none */
-  std::size_t add(const SockAddr &a, unsigned weight = 1);@/
+  std::size_t add(const SockAddr &a, unsigned weight = 1, bool backup = false);@/
   std::size_t size() const@+{@+ return dests_.size();@+}
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
   Pick pick(Time now, const SockAddr *from = nullptr);@/
@@ -2310,11 +2311,13 @@ public:@/
   unsigned active(int d) const;@/
 private:@/
   bool usable(const Destination &d, Time now) const;@/
+  bool candidate(const Destination &d, Time now, bool primaries) const;@/
+  bool any_primary(Time now) const;@/
   std::uint64_t share(const Destination &d, Time now) const;@/
-  const Destination *least_loaded(Time now) const;@/
+  const Destination *least_loaded(Time now, bool primaries) const;@/
   Time next_retry(Time now) const;@/
   Change set_up(Destination &x, bool up, Time now);@/
-  int on_ring(const SockAddr &from, Time now) const;@/
+  int on_ring(const SockAddr &from, Time now, bool primaries) const;@/
   void put_on_ring(std::size_t d, unsigned from_weight, unsigned to_weight);@/
   mutable std::mutex m_; /* guards the state of every destination */
   std::deque<Destination> dests_;@/
@@ -2328,19 +2331,21 @@ address already in the pool is not added again: its weight grows by the new
 one. |add| returns the index of the destination either way.
 
 @<Functions@>=
-std::size_t Pool::add(const SockAddr &a, unsigned weight)
+std::size_t Pool::add(const SockAddr &a, unsigned weight, bool backup)
 {
   std::string name = addr_to_string(a);
   for (std::size_t i = 0; i < dests_.size(); ++i)
     if (dests_[i].name == name) {
       put_on_ring(i, dests_[i].weight, dests_[i].weight + weight);
       dests_[i].weight += weight;
+      dests_[i].backup = dests_[i].backup && backup;
       return i;
     }
   dests_.emplace_back();
   dests_.back().addr = a;
   dests_.back().name = name;
   dests_.back().weight = weight;
+  dests_.back().backup = backup;
   dests_.back().changed_at = now_us();
   put_on_ring(dests_.size() - 1, 0, weight);
   return dests_.size() - 1;
@@ -2384,12 +2389,12 @@ bool lighter(const Destination &x, std::uint64_t wx, const Destination &y, std::
 {
   return x.active * wy < y.active * wx;
 }
-const Destination *Pool::least_loaded(Time now) const
+const Destination *Pool::least_loaded(Time now, bool primaries) const
 {
   const Destination *best = nullptr;
   std::uint64_t wbest = 0;
   for (@[const Destination &d@,:@,dests_@])
-    if (usable(d, now) && (!best || lighter(d, share(d, now), *best, wbest))) {
+    if (candidate(d, now, primaries) && (!best || lighter(d, share(d, now), *best, wbest))) {
       best = &d;
       wbest = share(d, now);
     }
@@ -2422,6 +2427,32 @@ std::uint64_t Pool::share(const Destination &d, Time now) const
   return part > 0 ? part : 1;
 }
 
+@ {\it Backups.} A destination given with \.{--backup DEST} is kept for
+emergencies: a standby server, a smaller site elsewhere, a page that says
+``back soon''. It gets no client while any primary destination is usable, and
+all of them, by the same rule, while none is, as HAProxy's \.{backup}
+servers do. A primary due for its trial is usable, so the first client after
+its backoff tests it, and the primary takes the clients back as soon as its
+connect works. The backups' own failures, backoffs and health checks are
+those of any destination. A destination given both ways is one destination, and
+a primary.
+@^backup destinations@>
+
+|candidate| is |usable| restricted to the tier in service: the primaries
+while one of them is usable, the backups otherwise.
+
+@<Functions@>=
+bool Pool::any_primary(Time now) const
+{
+  for (@[const Destination &d@,:@,dests_@])
+    if (!d.backup && usable(d, now)) return true;
+  return false;
+}
+bool Pool::candidate(const Destination &d, Time now, bool primaries) const
+{
+  return usable(d, now) && d.backup != primaries;
+}
+
 @ {\it The weighted rotation} is the smooth weighted round robin of nginx's
 upstream module. Each candidate earns its weight in |credit| at every pick;
 the one with the most credit wins and pays back the sum of the candidates'
@@ -2437,15 +2468,16 @@ destination in command-line order.
 Pick Pool::pick(Time now, const SockAddr *from)
 {
   std::lock_guard<std::mutex> lock(m_);
-  const Destination *least = algorithm == Algorithm::leastconn ? least_loaded(now) : nullptr;
+  const bool primaries = any_primary(now);
+  const Destination *least = algorithm == Algorithm::leastconn ? least_loaded(now, primaries) : nullptr;
   int best = -1;
   long long total = 0;
   const std::uint64_t wleast = least ? share(*least, now) : 0;
-  if (algorithm == Algorithm::source && from) best = on_ring(*from, now);
+  if (algorithm == Algorithm::source && from) best = on_ring(*from, now, primaries);
   else for (std::size_t i = 0; i < dests_.size(); ++i) {
     Destination &d = dests_[i];
     const std::uint64_t w = share(d, now);
-    if (!usable(d, now) || (least && lighter(*least, wleast, d, w))) continue;
+    if (!candidate(d, now, primaries) || (least && lighter(*least, wleast, d, w))) continue;
     d.credit += (long long)w;
     total += (long long)w;
     if (best < 0 || d.credit > dests_[best].credit) best = int(i);
@@ -2525,7 +2557,7 @@ point is its own goes there to test it, which is the client that would go
 there anyway.
 
 @<Functions@>=
-int Pool::on_ring(const SockAddr &from, Time now) const
+int Pool::on_ring(const SockAddr &from, Time now, bool primaries) const
 {
   if (ring_.empty()) return -1;
   unsigned char bytes[16]; /* |client_bytes| fills as many as its family has */
@@ -2534,7 +2566,7 @@ int Pool::on_ring(const SockAddr &from, Time now) const
   auto it = std::lower_bound(ring_.begin(), ring_.end(), key, ring_before);
   for (std::size_t k = 0; k < ring_.size(); ++k, ++it) {
     if (it == ring_.end()) it = ring_.begin();
-    if (usable(dests_[it->dest], now)) return it->dest;
+    if (candidate(dests_[it->dest], now, primaries)) return it->dest;
   }
   return -1;
 }
@@ -5094,6 +5126,7 @@ struct Endpoint {@/
   std::string host; /* without brackets; empty when absent */
   std::uint16_t port = 0;@/
   unsigned weight = 1; /* a destination's share of the clients */
+  bool backup = false; /* given with \.{--backup} */
 };
 std::string printable(std::string_view s);
 struct UsageError : std::runtime_error {@/
@@ -5421,6 +5454,8 @@ s += "  -a, --algorithm NAME     leastconn, roundrobin or source (the same clien
 "                           SIGINT (default: 30s)\n"@/
 "      --backoff-max D      longest wait before a down destination is tried\n"@/
 "                           again (default: 5s)\n"@/
+"      --backup DEST        a destination used only while no other is usable\n"@/
+"                           (repeatable; DEST as above)\n"@/
 "      --slow-start D       a DEST that comes back gets a share of new clients\n"@/
 "                           that grows to its weight over D (default: 0, off)\n"@/
 "      --check-interval D   probe each DEST with a TCP connect every D\n"@/
@@ -5547,7 +5582,8 @@ bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || name == "--idle-timeout" || name == "--queue-timeout" || name == "--grace"@|
   || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
   || name == "--fall" || name == "--queue-max" || name == "--stats"@|
-  || name == "--allow" || name == "--deny" || name == "--slow-start";
+  || name == "--allow" || name == "--deny" || name == "--slow-start"@|
+  || name == "--backup";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -5576,6 +5612,10 @@ else if (name == "--queue-timeout") cfg.queue_timeout = duration_option(name, va
 else if (name == "--grace") cfg.grace = duration_option(name, value, true);
 else if (name == "--backoff-max") cfg.backoff_max = duration_option(name, value, false);
 else if (name == "--slow-start") cfg.slow_start = duration_option(name, value, true);
+else if (name == "--backup") {
+  cfg.dests.push_back(parse_dest(value));
+  cfg.dests.back().backup = true;
+}
 else if (name == "--check-interval") cfg.check_interval = duration_option(name, value, true);
 else if (name == "--rise") cfg.rise = unsigned(count_option(name, value, 1, 1000));
 else if (name == "--fall") cfg.fall = unsigned(count_option(name, value, 1, 1000));
@@ -5585,15 +5625,19 @@ else if (name == "--allow" || name == "--deny")
 else cfg.stats = parse_stats_endpoint(value);
 
 @ After the options, the places: exactly one LISTEN and at least one DEST,
-each converted by |parse_endpoint|.
+each converted by |parse_endpoint|. The destinations given by \.{--backup}
+follow the others, in their order.
 
 @<Check and convert the LISTEN...@>=
 if (places.empty()) throw UsageError("missing LISTEN and DEST arguments");
 if (places.size() == 1)
   throw UsageError("missing DEST after LISTEN '" + std::string(places[0]) + "'");
 cfg.listen = parse_endpoint(places[0], "listen address");
+std::vector<Endpoint> backups = std::move(cfg.dests); /* from \.{--backup}; they go last */
+cfg.dests.clear();
 for (std::size_t i = 1; i < places.size(); ++i)
   cfg.dests.push_back(parse_dest(places[i]));
+cfg.dests.insert(cfg.dests.end(), backups.begin(), backups.end());
 
 @ These functions are the interface that the unit tests use.
 

@@ -1460,6 +1460,29 @@ TEST_CASE("slow start (--slow-start): a destination that comes back gets fewer n
     CHECK(later["B\n"] <= 2);  // its share is a few thousandths of A's for minutes
 }
 
+TEST_CASE("backups (--backup DEST): used only while every primary is down, left when one is back",
+          "[integration][ops][backup]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    const uint16_t lp = free_port();
+    auto lb = start_balancer({"--backoff-max", "250ms", "--backup", b->address(), listen_arg(lp), a->address()});
+    CHECK(lb->log().find(b->address() + " (backup)") != std::string::npos);
+    std::map<std::string, int> up = fetch_many(lp, 10);
+    INFO("primary up: " << show(up));
+    CHECK(up["A\n"] == 10);
+
+    a->stop();  // every client is served by the backup, the first one after a failed connect to A
+    std::map<std::string, int> down = fetch_many(lp, 10);
+    INFO("primary down: " << show(down) << "\nlog:\n" << lb->log());
+    CHECK(down["B\n"] == 10);
+
+    REQUIRE(a->start());  // within a backoff (250 ms at most) a client tests A, and A has them all again
+    CHECK(wait_until([&] { return fetch(kLo, lp) == "A\n"; }, kIo, 0.05));
+    std::map<std::string, int> back = fetch_many(lp, 10);
+    INFO("primary back: " << show(back));
+    CHECK(back["A\n"] == 10);
+}
+
 TEST_CASE("command line: malformed operations options exit 2 with one line naming the argument",
           "[integration][ops]") {
     const auto ports = free_ports(3);
@@ -1519,6 +1542,8 @@ TEST_CASE("command line: malformed operations options exit 2 with one line namin
         {{"--allow", "localhost", L, D}, "--allow: 'localhost'"},
         {{L, D, "--deny"}, "'--deny' needs a value"},
         {{"--slow-start", "soon", L, D}, "--slow-start: 'soon'"},
+        {{"--backup", "127.0.0.1:", L, D}, "'127.0.0.1:'"},
+        {{L, D, "--backup"}, "'--backup' needs a value"},
     };
     int checked = 0;
     for (const Case& k : cases) {

@@ -875,6 +875,65 @@ TEST_CASE("Pool: slow start (--slow-start): a destination that comes back gets a
     }
 }
 
+TEST_CASE("Pool: a backup gets clients only while no primary is usable", "[unit][pool][backup]")
+{
+    for (Algorithm a : {Algorithm::leastconn, Algorithm::roundrobin, Algorithm::source}) {
+        INFO("algorithm " << int(a));
+        Pool p;
+        p.algorithm = a;
+        p.add(loopback(9001));
+        p.add(loopback(9002));
+        CHECK(p.add(loopback(9003), 1, true) == 2);
+        CHECK(p[2].backup);
+        SockAddr client = loopback(40000);
+        const Time t = 1000 * sec;
+        auto tally = [&](Time now) {
+            std::vector<int> n(3, 0);
+            for (int i = 0; i < 60; ++i) {
+                client.in4.sin_addr.s_addr = htonl(0x0a000000u + std::uint32_t(i) * 7919u);
+                Pick k = p.pick(now, &client);
+                if (k.dest < 0) continue;
+                ++n[std::size_t(k.dest)];
+                if (k.trial) p.connected(k.dest);  // the primary's trial succeeds
+                p.release(k.dest);
+            }
+            return n;
+        };
+        std::vector<int> n = tally(t);
+        CHECK(n[2] == 0);
+        CHECK(n[0] + n[1] == 60);
+
+        // Both primaries fail: every client goes to the backup.
+        Time wait0 = 0, wait1 = 0;
+        for (int d : {0, 1}) {
+            Pick k = p.pick(t);
+            while (k.dest != d) {
+                p.release(k.dest);
+                k = p.pick(t);
+            }
+            p.failed(d, t, d == 0 ? &wait0 : &wait1, k.trial);
+        }
+        n = tally(t + msec);
+        CHECK(n[2] == 60);
+
+        // Their backoff over, the first client tests one primary and the rest follow it back.
+        n = tally(t + 10 * sec);
+        CHECK(n[2] <= 1);  // at most the client picked while both primaries' trials ran
+        CHECK(n[0] + n[1] + n[2] == 60);
+        n = tally(t + 11 * sec);
+        CHECK(n[2] == 0);
+    }
+    // Given both ways, a destination is one, and a primary.
+    Pool q;
+    q.add(loopback(9001), 1, true);
+    CHECK(q.add(loopback(9001), 1, false) == 0);
+    CHECK_FALSE(q[0].backup);
+    CHECK(parse({"--backup", "9003@2", "80", "81"}).dests.size() == 2);
+    CHECK(parse({"--backup", "9003@2", "80", "81"}).dests[1].backup);
+    CHECK(parse({"--backup", "9003@2", "80", "81"}).dests[1].weight == 2);
+    CHECK_FALSE(parse({"80", "81"}).dests[0].backup);
+}
+
 TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
           "[unit][pool][ops]")
 {
