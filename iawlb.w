@@ -3000,6 +3000,19 @@ each way out of |start_connect|? \hint{Follow |c.dest| through
 passed, when two workers call |pick| at the same moment. Show that exactly
 one of them gets a trial. What does the other get, and when do its queued
 clients ask again? \hint{Read |usable| and |next_retry| under the lock.}
+\exm{7}{20} Under \.{--algorithm source}, prove that when destination~|d|
+goes down a client moves only if it was on~|d|, and that a client of~|d|
+moves to the destination of the next point clockwise that is not |d|'s.
+Then show that the rule ``hash modulo the number of usable destinations''
+moves a client with probability $1-1/N$ when one destination of~$N$ leaves.
+\hint{A client's destination is decided by the points between its position
+and the first usable point; which of those points change?}
+\ex{8}{20} Run \.{./iawlb -v -a source 8080 9001 9002 9003} in front of
+three \.{python3 -m http.server} and fetch a page from each of
+\.{127.0.0.1} to \.{127.0.0.40} with \.{curl --interface}; the \.{-v}
+log names each client's destination. Stop one server: which clients change
+destination? Start it again: do they come back? \hint{The integration test ``source affinity''
+does the same with 24 addresses.}
 \smallskip
 
 \noindent Further reading: HAProxy's configuration manual on \.{balance},
@@ -6281,6 +6294,26 @@ or at once if the trial succeeds: |connected| then calls |destination_up|,
 which counts a comeback and, since a client is queued, writes to every
 worker's |wake|. If the trial's client leaves before its connect ends,
 |abandon| clears the flag.
+\ans{7} |on_ring| gives a client the first point at or after its position
+whose destination is a candidate. Taking |d| out changes which points are
+candidates only for |d|'s points. A client whose first candidate point was
+not |d|'s finds the same point, since every point before it was not a
+candidate already and still is not; a client whose first candidate point
+was |d|'s walks on to the next point that is a candidate, which is not |d|'s.
+So only |d|'s clients move, each to the owner of the next usable point. For
+the modulus: with $h$ uniform, a client stays only if $h \bmod N$ and
+$h \bmod (N-1)$ name the same destination in the renumbered list. The pair of
+residues takes each of its $N(N-1)$ values equally often (the two moduli are
+coprime), and for each of the $N-1$ values of the second exactly one value
+of the first names the same destination; so $1/N$ of the clients stay and
+$1-1/N$ move. The chapter's measurement gives the consistent
+hash's share as about $1/N$, all of it |d|'s.
+\ans{8} The clients on the stopped server go to the others, each to the
+one after it on the ring, and the first of them meets the refused connect
+and is sent on without noticing; every other client keeps its server. When
+the server is back, its first trial client brings it up, and from then on
+its old clients come back to it, since their ring positions did not change.
+Clients from the same address always agree, whatever their ports.
 \smallskip
 
 @ {\it The server loop.}
