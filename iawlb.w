@@ -2267,8 +2267,8 @@ main thread calls |add| before any worker exists; the health checker calls
 \noindent The operations:
 
 \smallskip
-\item{} |pick(now)| chooses a usable destination and counts a connection on
-it, and says whether that connection is the destination's trial. If none is
+\item{} |pick(now, from)| chooses a usable destination (by the client's
+address |from|, under source affinity) and counts a connection on it, and says whether that connection is the destination's trial. If none is
 usable it returns $-1$ and the time at which asking again can give a
 different answer.
 \item{} |connected(d)| reports that a connect to |d| worked; the destination
@@ -2464,6 +2464,11 @@ counter would give $a, a, a, b, c$. With equal weights the rotation is plain
 round robin, $1, 2, 3, 1, 2, 3, \ldots$; ties in credit go to the first
 destination in command-line order.
 
+|pick| first decides the tier in service (the primaries, or the backups when
+no primary is usable, as described above); under source affinity the ring (|on_ring|, below)
+chooses within it and the credits are left alone, and otherwise the
+rotation does, over the candidates that least connections leaves.
+
 @<Functions@>=
 Pick Pool::pick(Time now, const SockAddr *from)
 {
@@ -2578,10 +2583,10 @@ for a change in the last byte: two neighbouring addresses would land near
 each other on the circle and go to the same destination.
 
 @<Functions@>=
-std::uint64_t hash_bytes(const void *p, std::size_t n, std::uint64_t seed)
+std::uint64_t hash_bytes(const void *p, std::size_t n)
 {
   const unsigned char *b = static_cast<const unsigned char *>(p);
-  std::uint64_t h = 14695981039346656037ull ^ seed;
+  std::uint64_t h = 14695981039346656037ull;
   for (std::size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
   h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
   h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
@@ -3776,7 +3781,12 @@ struct AclRule {@/
   unsigned bits = 0; /* the prefix length */
 };
 
-@ @<Functions@>=
+@ |parse_acl_rule| reads one \.{--allow} or \.{--deny} value: the address
+before the `\./', which |inet_pton| must accept as IPv4 or IPv6, then the
+prefix length after it, if any. Each way it can be wrong gets its own
+message, naming the value as typed.
+
+@<Functions@>=
 AclRule parse_acl_rule(std::string_view name, std::string_view value)
 {
   AclRule r = AclRule(); /* every byte of |net| zero */
@@ -5672,7 +5682,7 @@ bool prefix_matches(const unsigned char *x, const unsigned char *y, unsigned bit
 bool host_bits_clear(const unsigned char *net, unsigned width, unsigned bits);
 int client_bytes(const SockAddr &a, unsigned char *bytes);
 bool ring_before(const RingPoint &x, const RingPoint &y);
-std::uint64_t hash_bytes(const void *p, std::size_t n, std::uint64_t seed = 0);
+std::uint64_t hash_bytes(const void *p, std::size_t n);
 bool acl_admits(const std::vector<AclRule> &acl, const SockAddr &a);
 Time parse_duration(std::string_view s);
 std::string format_duration(Time t);
