@@ -66,7 +66,8 @@ std::string long_name(std::string_view name)
         "--connect-timeout", "--idle-timeout", "--queue-timeout", "--grace",        "--backoff-max",
         "--check-interval",  "--rise",         "--fall",          "--queue-max",    "--stats",
         "--send-proxy",      "--send-proxy-v2", "--reuseport",    "--workers",      "--max-conn",
-        "--algorithm",       "--verbose",       "--help",         "--version"};
+        "--algorithm",       "--verbose",       "--help",         "--version",      "--slow-start",
+        "--allow",           "--deny",          "--backup"};
     for (const Alias &x : aliases)
         if (name == x.brief) return x.full;
     for (const char *x : long_only)
@@ -94,6 +95,7 @@ void set_option(Config &c, const std::string &n, std::string_view v)
     else if (n == "--algorithm") {
         if (v == "leastconn") c.algorithm = Algorithm::leastconn;
         else if (v == "roundrobin") c.algorithm = Algorithm::roundrobin;
+        else if (v == "source") c.algorithm = Algorithm::source;
         else throw std::invalid_argument("algorithm");
     }
     else if (n == "--connect-timeout") c.connect_timeout = duration(false);
@@ -106,6 +108,12 @@ void set_option(Config &c, const std::string &n, std::string_view v)
     else if (n == "--fall") c.fall = unsigned(parse_count(v, 1, 1000));
     else if (n == "--queue-max") c.queue_max = parse_count(v, 0, 100000000);
     else if (n == "--stats") c.stats = parse_stats_endpoint(v);
+    else if (n == "--slow-start") c.slow_start = duration(true);
+    else if (n == "--allow" || n == "--deny") c.acl.push_back(parse_acl_rule(n, v));
+    else if (n == "--backup") {
+        c.dests.push_back(parse_dest(v));  // moved after the places below
+        c.dests.back().backup = true;
+    }
     else fuzz_fail("model: no option " + n);
 }
 
@@ -168,7 +176,10 @@ std::optional<Config> model(const std::vector<std::string> &args)
     if (places.size() < 2) return std::nullopt;
     try {
         c.listen = parse_endpoint(places[0], "listen address");
+        std::vector<Endpoint> backups = std::move(c.dests);
+        c.dests.clear();
         for (std::size_t i = 1; i < places.size(); ++i) c.dests.push_back(parse_dest(places[i]));
+        c.dests.insert(c.dests.end(), backups.begin(), backups.end());
     } catch (const UsageError &) {
         return std::nullopt;
     }
@@ -179,7 +190,7 @@ std::optional<Config> model(const std::vector<std::string> &args)
 
 bool same(const Endpoint &a, const Endpoint &b)
 {
-    return a.text == b.text && a.host == b.host && a.port == b.port && a.weight == b.weight;
+    return a.text == b.text && a.host == b.host && a.port == b.port && a.weight == b.weight && a.backup == b.backup;
 }
 
 // The first field in which two Configs differ, or nothing.
@@ -277,7 +288,7 @@ void check_ranges(const Config &c, const std::vector<std::string> &args)
     if (c.connect_timeout <= 0 || c.queue_timeout <= 0 || c.backoff_max <= 0)
         fail("a connect or queue timeout or backoff_max that is not positive");
     if (c.idle_timeout < 0 || c.grace < 0 || c.check_interval < 0) fail("a negative duration");
-    if (c.algorithm != Algorithm::leastconn && c.algorithm != Algorithm::roundrobin)
+    if (c.algorithm != Algorithm::leastconn && c.algorithm != Algorithm::roundrobin && c.algorithm != Algorithm::source)
         fail("an unknown algorithm");
     if (c.proxy != Proxy::none && c.proxy != Proxy::v1 && c.proxy != Proxy::v2)
         fail("an unknown PROXY version");
@@ -296,7 +307,10 @@ std::vector<std::string> written(const Config &c)
     if (c.workers) w.push_back("--workers=" + std::to_string(c.workers));
     if (c.max_conn) w.push_back("--max-conn=" + std::to_string(c.max_conn));
     w.push_back(std::string("--algorithm=")
-                + (c.algorithm == Algorithm::roundrobin ? "roundrobin" : "leastconn"));
+                + (c.algorithm == Algorithm::roundrobin ? "roundrobin"
+                   : c.algorithm == Algorithm::source   ? "source"
+                                                        : "leastconn"));
+    w.push_back("--slow-start=" + format_duration(c.slow_start));
     w.push_back("--connect-timeout=" + format_duration(c.connect_timeout));
     w.push_back("--idle-timeout=" + format_duration(c.idle_timeout));
     w.push_back("--queue-timeout=" + format_duration(c.queue_timeout));
@@ -311,9 +325,12 @@ std::vector<std::string> written(const Config &c)
     if (c.proxy == Proxy::v2) w.push_back("--send-proxy-v2");
     if (c.reuseport) w.push_back("--reuseport");
     if (c.verbose) w.push_back("--verbose");
+    for (const Endpoint &d : c.dests)
+        if (d.backup) w.push_back("--backup=" + d.text);
     w.push_back("--");
     w.push_back(c.listen.text);
-    for (const Endpoint &d : c.dests) w.push_back(d.text);
+    for (const Endpoint &d : c.dests)
+        if (!d.backup) w.push_back(d.text);
     return w;
 }
 
