@@ -588,6 +588,7 @@ same labels in \.{/metrics}, which the exposition format forbids.
 shared.pool.algorithm = shared.cfg.algorithm;
 shared.pool.backoff_cap = shared.cfg.backoff_max;
 shared.pool.slow_start = shared.cfg.slow_start;
+shared.pool.max_active = shared.cfg.dest_max_conn;
 std::vector<unsigned> given; /* how often each destination of the pool was given */
 for (@[const Endpoint &d@,:@,shared.cfg.dests@])
   for (@[const SockAddr &a@,:@,resolve_all(d, "destination")@]) {
@@ -624,15 +625,17 @@ catch (const std::system_error &e)@+{
 
 @ The start-up line tells an operator at a glance what is running: the
 version, the address, the number of workers and the connection limit, and the
-destinations as resolved.
+destinations as resolved, with their own limit if they have one.
 
 @<Log the start-up line@>=
 std::string names;
 for (std::size_t i = 0; i < shared.pool.size(); ++i)
   names += (i ? ", " : "") + shared.pool[i].name + (shared.pool[i].backup ? " (backup)" : "");
+std::string each = shared.cfg.dest_max_conn ?
+  " (at most " + std::to_string(shared.cfg.dest_max_conn) + " each)" : std::string();
 Log(Level::info, "iawlb %s listening on %s, %zu workers, at most %zu clients, "@|
-  "destinations %s", iawlb_version, addr_to_string(listen_addr).c_str(),
-  workers.size(), shared.max_conn, names.c_str());
+  "destinations%s %s", iawlb_version, addr_to_string(listen_addr).c_str(),
+  workers.size(), shared.max_conn, each.c_str(), names.c_str());
 @.listening on@>
 
 @ Exercises.
@@ -1250,13 +1253,15 @@ conns.pop_back();
 @ A connect under way is not the destination's fault if it is abandoned (the
 client left, or the balancer is ending): the pool just forgets the pick. A
 relaying connection gives back its place in the count of active connections,
-after its last bytes are counted for the statistics.
+after its last bytes are counted for the statistics. If the destination was
+full, the clients waiting for a place hear of it (|retry_queues|).
 
 @<Tell the pool...@>=
 count_bytes(c);
 if (c.dest >= 0) {
-  if (c.state == State::connecting) shared.pool.abandon(c.dest, c.trial);
-  else shared.pool.release(c.dest);
+  bool freed = c.state == State::connecting ? shared.pool.abandon(c.dest, c.trial)@|
+    : shared.pool.release(c.dest);
+  if (freed) shared.retry_queues();
 }
 
 @ With \.{-v}, each connection leaves one line when it ends, in the spirit of
@@ -2297,14 +2302,15 @@ public:@/
   Algorithm algorithm = Algorithm::leastconn;@/
   Time backoff_cap = 5 * sec;@/
   Time slow_start = 0; /* \.{--slow-start}; 0: none */
+  unsigned max_active = 0; /* \.{--dest-max-conn}; 0: none */
   std::size_t add(const SockAddr &a, unsigned weight = 1, bool backup = false);@/
   std::size_t size() const@+{@+ return dests_.size();@+}
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
   Pick pick(Time now, const SockAddr *from = nullptr);@/
   Change connected(int d);@/
-  Change failed(int d, Time now, Time *wait, bool trial);@/
-  void abandon(int d, bool trial);@/
-  void release(int d);@/
+  Change failed(int d, Time now, Time *wait, bool trial, bool *freed = nullptr);@/
+  bool abandon(int d, bool trial);@/
+  bool release(int d);@/
   Change check(int d, bool passed, unsigned rise, unsigned fall, Time now);@/
   DestState snapshot(int d) const;@/
   bool is_down(int d) const;@/
@@ -2312,10 +2318,12 @@ public:@/
 private:@/
   bool usable(const Destination &d, Time now) const;@/
   bool candidate(const Destination &d, Time now, bool primaries) const;@/
+  bool full(const Destination &d) const@+{@+ return max_active > 0 && d.active >= max_active;@+}
+  bool leave(Destination &d);@/
   bool any_primary(Time now) const;@/
   std::uint64_t share(const Destination &d, Time now) const;@/
   const Destination *least_loaded(Time now, bool primaries) const;@/
-  Time next_retry(Time now) const;@/
+  Time next_retry(Time now, bool primaries) const;@/
   Change set_up(Destination &x, bool up, Time now);@/
   int on_ring(const SockAddr &from, Time now, bool primaries) const;@/
   void put_on_ring(std::size_t d, unsigned from_weight, unsigned to_weight);@/
@@ -2438,8 +2446,9 @@ those of any destination. A destination given both ways is one destination, and
 a primary.
 @^backup destinations@>
 
-|candidate| is |usable| restricted to the tier in service: the primaries
-while one of them is usable, the backups otherwise.
+|candidate| is |usable| restricted to the tier in service, the primaries
+while one of them is usable and the backups otherwise, and to the
+destinations below their connection limit (next section).
 
 @<Functions@>=
 bool Pool::any_primary(Time now) const
@@ -2450,7 +2459,42 @@ bool Pool::any_primary(Time now) const
 }
 bool Pool::candidate(const Destination &d, Time now, bool primaries) const
 {
-  return usable(d, now) && d.backup != primaries;
+  return usable(d, now) && d.backup != primaries && !full(d);
+}
+
+@ {\it A limit per destination.} A server often has a number of clients it
+serves well and beyond which it serves everyone badly: a database with a
+pool of 100 sessions, an application server with 64 threads, a licence for
+so many seats. With \.{--dest-max-conn N} no destination has more than |N|
+connections at once, counting those still connecting. A destination at its
+limit is {\it full}: it is not a candidate, so least connections, the
+rotation and the ring pass over it as they pass over a down one, and a client
+that finds every candidate full waits in its worker's queue, under the queue's
+cap and timeout, until a place frees. A full primary is still usable, so the
+backups are not called in to take the overflow: they stand in for primaries
+that are down, not for busy ones. HAProxy's \.{maxconn} on a \.{server} line
+and nginx's \.{max\_conns} behave the same way.
+@^connection limit per destination@>
+
+The one new difficulty is waking the waiting clients. The queue was built
+for destinations that are down, and a down destination comes back at a time
+the pool knows (|retry_at|) or by an event that wakes the workers
+(|retry_queues|, in chapter {\sl The server loop}). A full destination has
+no such time: a place frees when some connection to it ends, in any worker.
+So the three operations that end a connection's use of a destination,
+|release|, |abandon| and |failed|, go through |leave|, which says whether
+the destination was full; when it was, the caller wakes the workers that have
+clients queued, and each of them asks the pool again at once. That costs one
+|eventfd| write per worker for each connection that ends while its
+destination is full and clients wait, the price of hearing of the place
+within one round rather than after a poll.
+
+@<Functions@>=
+bool Pool::leave(Destination &d)
+{
+  const bool was_full = full(d);
+  --d.active;
+  return was_full;
 }
 
 @ {\it The weighted rotation} is the smooth weighted round robin of nginx's
@@ -2487,7 +2531,7 @@ Pick Pool::pick(Time now, const SockAddr *from)
     total += (long long)w;
     if (best < 0 || d.credit > dests_[best].credit) best = int(i);
   }
-  if (best < 0) return @[Pick{-1, next_retry(now), false}@];
+  if (best < 0) return @[Pick{-1, next_retry(now, primaries), false}@];
   Destination &d = dests_[best];
   d.credit -= total;
   ++d.active;
@@ -2598,22 +2642,38 @@ std::uint64_t hash_bytes(const void *p, std::size_t n)
   return h ^ (h >> 31);
 }
 
-@ When nothing is usable, every destination is down and either waiting for
-its |retry_at| or under trial. The earliest |retry_at| is when asking again
-can help. A trial in progress can end at any moment, and its worker will not
-tell the others, so while one is running the answer is at most 50\,ms away:
-a client waiting on another worker notices a destination that came back
-within 50\,ms of its trial.
+@ When no destination is a candidate, each one of the tier in service is down
+and waiting for its |retry_at|, or under trial, or full. The earliest
+|retry_at| is when asking again can help. A trial in progress can end at any
+moment, and its worker will not tell the others, so while one is running the
+answer is at most 50\,ms away: a client waiting on another worker notices a
+destination that came back within 50\,ms of its trial. A destination taken
+out by its health checks comes back when the checker says so, which the
+workers cannot foresee either; it counts like a trial. A full destination
+gives no time at all: the wake-up of |leave| will come instead. If every
+destination is full, the answer is |forever|, and the queue sleeps until
+woken.
 
-A destination taken out by its health checks comes back when the checker
-says so, which the workers cannot foresee either; it counts like a trial.
+Only the tier in service counts, and while the backups serve, the primaries
+count too, since their trials will end the backups' service. Before there were limits, this function
+took the minimum over every destination, which was right: a refusal meant
+that no destination at all was usable, so none had a |retry_at| in the past.
+With limits that is no longer so. Primaries all full, and a backup down
+whose |retry_at| has passed: the old answer would be a time already past, the
+worker would ask again at once, be refused again, and |dispatch_queue| would
+spin within one round without end. The unit test ``with the primaries full
+and a backup due for its trial, the queue's time is never in the past''
+builds exactly that pool.
 
 @<Functions@>=
-Time Pool::next_retry(Time now) const
+Time Pool::next_retry(Time now, bool primaries) const
 {
   Time t = forever;
-  for (@[const Destination &d@,:@,dests_@])
-    t = std::min(t, d.trial || d.check_down ? now + 50 * msec : d.retry_at);
+  for (@[const Destination &d@,:@,dests_@]) {
+    if ((primaries && d.backup) || full(d)) continue;
+    if (d.trial || d.check_down) t = std::min(t, now + 50 * msec);
+    else if (d.down) t = std::min(t, d.retry_at);
+  }
   return t;
 }
 
@@ -2649,6 +2709,12 @@ and coming back. A destination is {\it up} when neither a failed connect nor
 its health checks hold it down; |set_up| records a change of that, with its
 time for the statistics.
 
+A failed connect also ends its connection's use of the destination, and
+|*freed| tells whether the destination was full. The waiting clients must hear
+of that too, although the place it frees is in a destination now down: they
+waited for a place, with no time to ask again, and must now wait for its
+trial, which has a time, or go to the backups if it was the last primary.
+
 @<Functions@>=
 Change Pool::set_up(Destination &x, bool up, Time now)
 {
@@ -2669,11 +2735,12 @@ Change Pool::connected(int d)
   x.down = false;
   return c;
 }
-Change Pool::failed(int d, Time now, Time *wait, bool trial)
+Change Pool::failed(int d, Time now, Time *wait, bool trial, bool *freed)
 {
   std::lock_guard<std::mutex> lock(m_);
   Destination &x = dests_[d];
-  --x.active;
+  const bool was_full = leave(x);
+  if (freed) *freed = was_full;
   ++x.failed;
   if (x.down && !trial) @<Count a failure that was picked before the destination went down;
     |return|@>@;
@@ -2713,20 +2780,21 @@ else: the verdict it would give is in already.
 }
 
 @ The remaining operations only adjust counts, and |abandon| also ends a
-trial that never came to a verdict. |is_down| and |active| read
+trial that never came to a verdict. Both return what |leave| said: whether
+the destination was full, so that the caller wakes the queues. |is_down| and |active| read
 the state under the lock for the unit tests; the workers never need them.
 
 @<Functions@>=
-void Pool::abandon(int d, bool trial)
+bool Pool::abandon(int d, bool trial)
 {
   std::lock_guard<std::mutex> lock(m_);
-  --dests_[d].active;
   if (trial) dests_[d].trial = false;
+  return leave(dests_[d]);
 }
-void Pool::release(int d)
+bool Pool::release(int d)
 {
   std::lock_guard<std::mutex> lock(m_);
-  --dests_[d].active;
+  return leave(dests_[d]);
 }
 bool Pool::is_down(int d) const
 {
@@ -2772,8 +2840,8 @@ void wait_for_destination(Connection &c)
   queued.insert_sorted(&c);
 }
 
-@ {\it The queue.} When every destination is down, a new client is not
-refused: it waits, with its bytes held by the kernel, until a destination is
+@ {\it The queue.} When every destination is down (or full, under
+\.{--dest-max-conn}), a new client is not refused: it waits, with its bytes held by the kernel, until a destination is
 usable again or until its queue timeout (10\,s by default) has passed since it
 was accepted; then it is closed, never left hanging. At the end of each round
 in which |retry_at| has passed, the worker asks the pool again, and sends the
@@ -2892,7 +2960,7 @@ namespace of its own. They now go the same way as |EMFILE|.
 @<Members of |Worker|@>=
 void wait_for_resources(Connection &c, int d, int err)
 {
-  shared.pool.abandon(d, c.trial);
+  if (shared.pool.abandon(d, c.trial)) shared.retry_queues();
   if (!short_of_resources)
     Log(Level::warn, "out of resources to connect (%s); clients wait", std::strerror(err));
   short_of_resources = true;
@@ -2938,7 +3006,7 @@ void connected(Connection &c)
   relaying.push_back(&c);
   if (shared.pool.connected(c.dest) == Change::up) {
     Log(Level::info, "destination %s is up again", shared.pool[c.dest].name.c_str());
-    shared.destination_up();
+    shared.retry_queues();
   }
   if (shared.cfg.proxy != Proxy::none) {
     @<Put the PROXY protocol header in front of |c|'s bytes...@>@;
@@ -2949,7 +3017,8 @@ void connected(Connection &c)
 @ {\it A failed connect} marks the destination down (or keeps it down for
 longer), closes the server socket, and dispatches the client again, to another
 destination or to the queue. The client does not notice: not one of its bytes
-has been sent anywhere yet. This is the re-dispatch that HAProxy calls
+has been sent anywhere yet. It counts as queued before it asks the pool
+again, as a new client does, for the argument of |retry_queues|. This is the re-dispatch that HAProxy calls
 \.{option redispatch}.
 
 The log says when a destination goes down, with the reason and the time until
@@ -2962,7 +3031,9 @@ writes one line, not seven hundred.
 void connect_failed(Connection &c, int err)
 {
   Time wait = 0;
-  Change change = shared.pool.failed(c.dest, now, &wait, c.trial);
+  bool freed = false;
+  Change change = shared.pool.failed(c.dest, now, &wait, c.trial, &freed);
+  if (freed) shared.retry_queues();
   const Destination &d = shared.pool[c.dest];
   Log(change == Change::down ? Level::warn : Level::debug,
     "destination %s is down: connect: %s; next try in %s", d.name.c_str(),
@@ -2970,6 +3041,7 @@ void connect_failed(Connection &c, int err)
   List<Connection, TimerTag>::remove(&c);
   c.server = Peer();
   c.dest = -1;
+  set_state(c, State::queued);
   dispatch(c);
 }
 
@@ -3023,11 +3095,19 @@ three \.{python3 -m http.server} and fetch a page from each of
 log names each client's destination. Stop one server: which clients change
 destination? Start it again: do they come back? \hint{The integration test ``source affinity''
 does the same with 24 addresses.}
+\exm{9}{20} Move the |set_state(c, State::queued)| of |connect_failed| to
+where it was before destinations had limits: in |wait_for_destination|,
+after the client's |pick|. With \.{--dest-max-conn 1}, two workers, and two
+destinations, one of them down for a long backoff, find the interleaving in
+which a place frees and a client waiting for it sits out its queue timeout.
+\hint{Between which two steps of the first worker must the second worker's
+|retry_queues| read |queued|?}
 \smallskip
 
 \noindent Further reading: HAProxy's configuration manual on \.{balance},
-\.{retries}, \.{option redispatch} and \.{timeout queue}; nginx's
-\.{ngx\_stream\_upstream\_module} on \.{least\_conn} and \.{max\_fails}.
+\.{retries}, \.{option redispatch}, \.{timeout queue} and a \.{server}'s
+\.{maxconn}; nginx's \.{ngx\_stream\_upstream\_module} on \.{least\_conn},
+\.{max\_fails} and \.{max\_conns}.
 
 @* The server loop.
 The acceptor is the program's main thread. In IAWLB it ran |FOREVER|: accept
@@ -3100,7 +3180,7 @@ struct Shared {@/
   std::atomic<bool> failed = false; /* a worker stopped on an error */
   unique_fd wake; /* |eventfd| on which the acceptor sleeps */
   std::vector<int> worker_wakes; /* each worker's |wake|, not owned; immutable once the threads run */
-  std::atomic<std::uint64_t> comebacks = 0; /* how many times a destination has come back */
+  std::atomic<std::uint64_t> comebacks = 0; /* news for the queues (|retry_queues|) */
   @<Members of |Shared|@>@;
 };
 
@@ -3126,22 +3206,33 @@ void client_closed()
   if (active.fetch_sub(1) == max_conn) notify_acceptor();
 }
 
-@ {\it A destination comes back.} Each worker keeps its own |retry_at|,
+@ {\it A destination comes back, or a place frees.} Each worker keeps its own |retry_at|,
 the time its queued clients may ask the pool again, computed from what the
 pool said when it last refused. A destination can come back earlier than
 that: its trial, made by another worker, succeeds, or the checker finds it
-alive. So whoever sees a destination come back (|connected|, or the
-checker's |report|) counts it in |comebacks| and, if any client is queued
-anywhere, wakes every worker. A worker that finds the count changed forgets
-its |retry_at| and serves its queue at once (|loop|). It costs one |write|
-per worker each time a destination comes back while clients wait, which is
-rare; the wake-up is the same |eventfd| the acceptor uses, and one more
-reason to read it does no harm (|on_wake| only drains an inbox that may be
-empty).
+alive. And under \.{--dest-max-conn} a place can free in a full
+destination, which the pool could give no time for at all. So whoever sees
+one of these (|connected|, the checker's |report|, or a |release|,
+|abandon| or |failed| whose destination was full) calls |retry_queues|,
+which counts the news in |comebacks| and, if any client is queued anywhere,
+wakes every worker. A worker that finds the count changed forgets its
+|retry_at| and serves its queue at once (|loop|). It costs one |write| per
+worker for each such event while clients wait; the wake-up is the same
+|eventfd| the acceptor uses, and one more reason to read it does no harm
+(|on_wake| only drains an inbox that may be empty).
 @^IAWLB, departures from@>
 
+No place is freed unseen. A client counts in |queued| from the moment it is
+adopted, before its first |pick|, and again from its failed connect, before
+it asks once more (|connect_failed|). If that |pick| found the destination full,
+it held the pool's lock before the |leave| that frees the place, so the
+client's count came before the |leave|, and the |leave| comes before the
+freeing worker reads |queued|; that read sees the client and the worker
+writes to every |wake|. If the |pick| came after the |leave|, it found the
+place free.
+
 @<Members of |Shared|@>=
-void destination_up()
+void retry_queues()
 {
   ++comebacks;
   if (queued > 0)
@@ -4051,7 +4142,7 @@ void report(int d, int err)
     Log(Level::warn, "destination %s is down: health check: %s", name, std::strerror(err));
   else if (c == Change::up) {
     Log(Level::info, "destination %s is up again: health check passed", name);
-    shared.destination_up();
+    shared.retry_queues();
   }
   else if (err)
     Log(Level::debug, "destination %s: health check failed: %s", name, std::strerror(err));
@@ -5437,6 +5528,7 @@ struct Config {@/
   std::vector<Endpoint> dests; /* where they are sent */
   unsigned workers = 0; /* 0: one per CPU */
   std::size_t max_conn = 0; /* 0: derived from the open-file limit */
+  unsigned dest_max_conn = 0; /* 0: no limit per destination */
   Algorithm algorithm = Algorithm::leastconn;
   Time connect_timeout = 3 * sec;
   Time idle_timeout = 300 * sec; /* 0: never */
@@ -5476,21 +5568,23 @@ s += "  -a, --algorithm NAME     leastconn, roundrobin or source (the same clien
 "      --connect-timeout D  give up connecting to a destination (default: 3s)\n"@/
 "      --idle-timeout D     close a connection idle this long, 0: never\n"@/
 "                           (default: 5m)\n"@/
-"      --queue-timeout D    how long a client waits while every destination\n"@/
-"                           is down (default: 10s)\n"@/
+"      --queue-timeout D    how long a client waits while no destination can\n"@/
+"                           take it (default: 10s)\n"@/
 "      --grace D            time left to open connections after SIGTERM or\n"@/
 "                           SIGINT (default: 30s)\n"@/
 "      --backoff-max D      longest wait before a down destination is tried\n"@/
 "                           again (default: 5s)\n"@/
 "      --backup DEST        a destination used only while no other is usable\n"@/
 "                           (repeatable; DEST as above)\n"@/
+"      --dest-max-conn N    connections at once to each DEST; more clients\n"@/
+"                           wait in the queue (default: 0, no limit)\n"@/
 "      --slow-start D       a DEST that comes back gets a share of new clients\n"@/
 "                           that grows to its weight over D (default: 0, off)\n"@/
 "      --check-interval D   probe each DEST with a TCP connect every D\n"@/
 "                           (default: 0, off)\n"@/
 "      --rise N, --fall N   checks passed to bring a DEST back (default: 2),\n"@/
 "                           failed to take it out (default: 3)\n"@/
-"      --queue-max N        clients that may wait while every DEST is down; more\n"@/
+"      --queue-max N        clients that may wait for a destination; more\n"@/
 "                           are closed at once (default: 0, no limit)\n"@/
 "      --allow CIDR         accept clients from this network (ADDR or ADDR/BITS;\n"@/
 "                           repeatable; with any --allow, others are refused)\n"@/
@@ -5611,7 +5705,7 @@ bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
   || name == "--fall" || name == "--queue-max" || name == "--stats"@|
   || name == "--allow" || name == "--deny" || name == "--slow-start"@|
-  || name == "--backup";
+  || name == "--backup" || name == "--dest-max-conn";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -5627,6 +5721,7 @@ and ``stop at once''.
 @<Set the option...@>=
 if (is(name, "-w", "--workers")) cfg.workers = unsigned(count_option(name, value, 1, 1024));
 else if (is(name, "-c", "--max-conn")) cfg.max_conn = count_option(name, value, 1, 100000000);
+else if (name == "--dest-max-conn") cfg.dest_max_conn = unsigned(count_option(name, value, 0, 100000000));
 else if (is(name, "-a", "--algorithm")) {
   if (value == "leastconn") cfg.algorithm = Algorithm::leastconn;
   else if (value == "roundrobin") cfg.algorithm = Algorithm::roundrobin;
@@ -6305,7 +6400,7 @@ usable (down, no trial, |retry_at| passed), chooses it, sets |trial| and
 gets it, with |trial| true in the |Pick|. The second finds it not usable, since a trial is
 under way, has no candidate, and gets $-1$ with |next_retry|: 50\,ms from
 now. Its client waits in the queue, and its worker asks again 50\,ms later,
-or at once if the trial succeeds: |connected| then calls |destination_up|,
+or at once if the trial succeeds: |connected| then calls |retry_queues|,
 which counts a comeback and, since a client is queued, writes to every
 worker's |wake|. If the trial's client leaves before its connect ends,
 |abandon| clears the flag.
@@ -6329,6 +6424,19 @@ and is sent on without noticing; every other client keeps its server. When
 the server is back, its first trial client brings it up, and from then on
 its old clients come back to it, since their ring positions did not change.
 Clients from the same address always agree, whatever their ports.
+\ans{9} Destinations |d| and |e|, at most one connection each; \.{--backoff-max
+60s}, so that |e|, once down, stays so for longer than the queue timeout.
+Worker~2 relays a connection on |d|, which is full. Worker~1's client |C| is
+connecting to |e|, and the connect fails: |failed| marks |e| down for a
+minute, and |C|, still |connecting| and so not counted in |queued|, asks
+again. Its |pick| finds |d| full and |e| down and returns $-1$ with |e|'s
+|retry_at|, a minute away. Now, before worker~1 reaches
+|wait_for_destination|, worker~2's connection ends: |release| says |d| was
+full, and |retry_queues| reads |queued|, which is~0, and wakes nobody.
+Worker~1 then counts |C| as queued and sleeps until |e|'s |retry_at|; |C|'s
+queue timeout, 10\,s, comes first, and it is closed while |d| is free. In the
+program's order |C| is counted before its |pick|, so either the |pick| sees
+the freed place or the read of |queued| sees~|C|.
 \smallskip
 
 @ {\it The server loop.}

@@ -999,6 +999,7 @@ public:
     std::string greeting() const { return "HELLO " + cfg_.id + "\n"; }
     long connections() const { return accepted_.load(); }  // accepted since creation
     long active() const { return active_.load(); }         // open right now
+    long peak() const { return peak_.load(); }             // most open at once since creation
     bool running() const { return thread_.joinable(); }
 
     // (Re)starts listening on the same port (SO_REUSEADDR).
@@ -1175,7 +1176,8 @@ private:
                     auto c = std::make_unique<Conn>();
                     c->fd = Fd(fd);
                     accepted_.fetch_add(1);
-                    active_.fetch_add(1);
+                    const long open = active_.fetch_add(1) + 1;
+                    if (open > peak_.load()) peak_.store(open);  // this thread alone writes it
                     on_open(*c);
                     do_write(*c);
                     settle(*c);
@@ -1204,6 +1206,7 @@ private:
     std::atomic<bool> abort_{false};
     std::atomic<long> accepted_{0};
     std::atomic<long> active_{0};
+    std::atomic<long> peak_{0};
     std::thread thread_;
 };
 

@@ -1483,6 +1483,126 @@ TEST_CASE("backups (--backup DEST): used only while every primary is down, left 
     CHECK(back["A\n"] == 10);
 }
 
+// A client of a per-destination limit: sends its line and keeps its connection open.
+static Fd limited_client(uint16_t lp, const std::string& line) {
+    Fd c = connect_to(kLo, lp);
+    if (c && send_all(c.get(), line, kIo) != Io::Ok) c.reset();
+    return c;
+}
+
+// Ends an echo client cleanly: half-close, read to the end. The balancer releases the
+// destination only after the echo server's own end, so by then the server counts the
+// connection as closed (Backend::peak never sees a place that the balancer reused early).
+static bool end_client(Fd& c) {
+    ::shutdown(c.get(), SHUT_WR);
+    std::string rest;
+    Io st = recv_until_eof(c.get(), rest, kIo);
+    c.reset();
+    return st == Io::Eof || st == Io::Ok;
+}
+
+TEST_CASE("a limit per destination (--dest-max-conn): a client beyond it waits and is served when a place frees",
+          "[integration][ops][dest-limit]") {
+    auto a = Backend::make(Kind::Echo, "A");
+    auto b = Backend::make(Kind::Echo, "B");
+    const uint16_t lp = free_port();
+    auto lb = start_balancer({"-w", "2", "--dest-max-conn", "2", "--queue-timeout", "10m", listen_arg(lp),
+                              a->address(), b->address()});
+    CHECK(lb->log().find("destinations (at most 2 each)") != std::string::npos);
+    std::vector<Fd> held;
+    for (int i = 0; i < 4; ++i) {
+        const std::string line = "held " + std::to_string(i) + "\n";
+        held.push_back(limited_client(lp, line));
+        REQUIRE(held.back());
+        std::string got;
+        REQUIRE(recv_exact(held.back().get(), got, line.size(), kIo) == Io::Ok);
+        CHECK(got == line);
+    }
+    CHECK(a->connections() == 2);
+    CHECK(b->connections() == 2);
+
+    // Two more: accepted, queued, and not sent on while both destinations are full.
+    Fd w1 = limited_client(lp, "waiter 1\n"), w2 = limited_client(lp, "waiter 2\n");
+    REQUIRE(w1);
+    REQUIRE(w2);
+    sleep_s(1.0);
+    std::string early1, early2;
+    CHECK(recv_available(w1.get(), early1) == Io::Ok);
+    CHECK(recv_available(w2.get(), early2) == Io::Ok);
+    CHECK(early1.empty());
+    CHECK(early2.empty());
+    CHECK(a->connections() + b->connections() == 4);
+
+    // One held client leaves: exactly one waiter gets its place.
+    REQUIRE(end_client(held[0]));
+    std::string got1, got2;
+    const bool one = wait_until([&] {
+        recv_available(w1.get(), got1);
+        recv_available(w2.get(), got2);
+        return !got1.empty() || !got2.empty();
+    }, kIo, 0.02);
+    CHECK(one);
+    sleep_s(0.5);
+    recv_available(w1.get(), got1);
+    recv_available(w2.get(), got2);
+    INFO("waiter 1 got '" << got1 << "', waiter 2 got '" << got2 << "'");
+    CHECK((got1.empty() != got2.empty()));
+    CHECK(a->connections() + b->connections() == 5);
+
+    // Another leaves: the second waiter is served too.
+    REQUIRE(end_client(held[1]));
+    CHECK(wait_until([&] {
+        recv_available(w1.get(), got1);
+        recv_available(w2.get(), got2);
+        return got1 == "waiter 1\n" && got2 == "waiter 2\n";
+    }, kIo, 0.02));
+    CHECK(a->peak() <= 2);
+    CHECK(b->peak() <= 2);
+    CHECK(end_client(w1));
+    CHECK(end_client(w2));
+    for (size_t i = 2; i < held.size(); ++i) CHECK(end_client(held[i]));
+    CHECK(lb->running());
+}
+
+TEST_CASE("a limit per destination under a crowd: 60 clients through 2 x 3 places, all byte-exact, none over",
+          "[integration][ops][dest-limit]") {
+    auto a = Backend::make(Kind::Echo, "A");
+    auto b = Backend::make(Kind::Echo, "B");
+    const uint16_t lp = free_port();
+    auto lb = start_balancer({"-w", "2", "--dest-max-conn", "3", "--queue-timeout", "10m", listen_arg(lp),
+                              a->address(), b->address()});
+    constexpr int N = 60;
+    auto msg = [](int i) {
+        Pattern p(static_cast<uint64_t>(i) + 1);
+        std::string s(16384, '\0');
+        p.fill(&s[0], s.size());
+        return s;
+    };
+    Deadline d(kBulk);
+    std::vector<Fd> cs;
+    for (int i = 0; i < N; ++i) {
+        cs.push_back(connect_to(kLo, lp, std::min(kIo, d.left())));
+        REQUIRE(cs.back());
+        REQUIRE(send_all(cs.back().get(), msg(i), std::min(kIo, d.left())) == Io::Ok);
+        ::shutdown(cs.back().get(), SHUT_WR);  // the echo server ends after its answer
+    }
+    int ok = 0;
+    std::string first_error;
+    for (int i = 0; i < N; ++i) {
+        std::string got;
+        Io st = recv_until_eof(cs[i].get(), got, std::min(kBulk, d.left()));
+        if (st == Io::Eof && got == msg(i)) ++ok;
+        else if (first_error.empty())
+            first_error = "client " + std::to_string(i) + ": " + io_name(st) + ", " + std::to_string(got.size()) + " bytes";
+    }
+    INFO("first error: " << first_error << "\nlog:\n" << lb->log());
+    CHECK(ok == N);
+    CHECK(a->connections() + b->connections() == N);
+    CHECK(a->peak() <= 3);
+    CHECK(b->peak() <= 3);
+    CHECK(lb->running());
+}
+
 TEST_CASE("command line: malformed operations options exit 2 with one line naming the argument",
           "[integration][ops]") {
     const auto ports = free_ports(3);

@@ -934,6 +934,107 @@ TEST_CASE("Pool: a backup gets clients only while no primary is usable", "[unit]
     CHECK_FALSE(parse({"80", "81"}).dests[0].backup);
 }
 
+TEST_CASE("Pool: a destination's limit (--dest-max-conn): full ones are passed over, a freed place is reported",
+          "[unit][pool][dest-limit]")
+{
+    for (Algorithm a : {Algorithm::leastconn, Algorithm::roundrobin, Algorithm::source}) {
+        INFO("algorithm " << int(a));
+        Pool p;
+        p.algorithm = a;
+        p.max_active = 2;
+        p.add(loopback(9001));
+        p.add(loopback(9002));
+        const Time t = 1000 * sec;
+        SockAddr client = loopback(40000);
+        client.in4.sin_addr.s_addr = htonl(0x0a000001u);
+
+        // Four picks fill both destinations; a fifth is refused, with no time to ask again.
+        std::vector<int> held;
+        for (int i = 0; i < 4; ++i) {
+            Pick k = p.pick(t, &client);
+            REQUIRE(k.dest >= 0);
+            held.push_back(k.dest);
+        }
+        CHECK(p.active(0) == 2);
+        CHECK(p.active(1) == 2);
+        Pick none = p.pick(t, &client);
+        CHECK(none.dest == -1);
+        CHECK(none.retry_at == forever);
+
+        // Releasing one reports the freed place; the next pick takes it; the one after waits.
+        CHECK(p.release(held[0]) == true);
+        Pick k = p.pick(t, &client);
+        CHECK(k.dest == held[0]);
+        CHECK(p.pick(t, &client).dest == -1);
+
+        // Below the limit, a release reports nothing.
+        CHECK(p.release(k.dest) == true);
+        CHECK(p.release(k.dest) == false);
+
+        // A failed connect of a full destination reports the place, and the queue
+        // then has a time to ask again: that destination's trial.
+        k = p.pick(t, &client);  // fills it again
+        Pick k2 = p.pick(t, &client);
+        REQUIRE(k.dest >= 0);
+        REQUIRE(k2.dest == k.dest);
+        REQUIRE(p.pick(t, &client).dest == -1);
+        const int d = k.dest;
+        bool freed = false;
+        Time wait = 0;
+        p.failed(d, t, &wait, k2.trial, &freed);
+        CHECK(freed);
+        Pick after = p.pick(t, &client);
+        CHECK(after.dest == -1);  // the other one is full, this one down
+        CHECK(after.retry_at == t + wait);
+        // The abandoned pick of a full destination reports the place too.
+        const int other = 1 - d;
+        CHECK(p.abandon(other, false) == true);
+        CHECK(p.abandon(other, false) == false);
+    }
+}
+
+TEST_CASE("Pool: with the primaries full and a backup due for its trial, the queue's time is never in the past",
+          "[unit][pool][dest-limit]")
+{
+    // The queue asks again while now >= retry_at: a retry_at in the past would make it spin.
+    Pool p;
+    p.max_active = 1;
+    p.add(loopback(9001));
+    p.add(loopback(9003), 1, true);
+    const Time t = 1000 * sec;
+    // The backup fails once, while the primary is down, then the primary comes back and fills.
+    Time wait = 0;
+    Pick k = p.pick(t);
+    REQUIRE(k.dest == 0);
+    p.failed(0, t, &wait, k.trial);
+    k = p.pick(t + msec);
+    REQUIRE(k.dest == 1);
+    p.failed(1, t + msec, &wait, k.trial);
+    const Time later = t + 100 * sec;  // both are due for their trials
+    k = p.pick(later);
+    REQUIRE(k.dest == 0);  // the primary's trial
+    p.connected(0);
+    // The primary is full and up; the backup is down and due, but not in service.
+    for (int i = 0; i < 3; ++i) {
+        Pick r = p.pick(later + i * msec);
+        CHECK(r.dest == -1);
+        CHECK(r.retry_at > later + i * msec);
+    }
+    // The primary's connection ends: its place is free again, and it is picked.
+    CHECK(p.release(0));
+    CHECK(p.pick(later).dest == 0);
+}
+
+TEST_CASE("--dest-max-conn is a count, 0 for none", "[unit][args][dest-limit]")
+{
+    CHECK(parse({"--dest-max-conn", "64", "80", "81"}).dest_max_conn == 64);
+    CHECK(parse({"--dest-max-conn=0", "80", "81"}).dest_max_conn == 0);
+    CHECK(parse({"80", "81"}).dest_max_conn == 0);
+    CHECK_THROWS_AS(parse({"--dest-max-conn", "-1", "80", "81"}), UsageError);
+    CHECK_THROWS_AS(parse({"--dest-max-conn", "x", "80", "81"}), UsageError);
+    CHECK_THROWS_AS(parse({"--dest-max-conn", "80"}), UsageError);
+}
+
 TEST_CASE("Pool: weights are followed exactly by round robin, and by least connections",
           "[unit][pool][ops]")
 {

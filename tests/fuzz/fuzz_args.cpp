@@ -67,7 +67,7 @@ std::string long_name(std::string_view name)
         "--check-interval",  "--rise",         "--fall",          "--queue-max",    "--stats",
         "--send-proxy",      "--send-proxy-v2", "--reuseport",    "--workers",      "--max-conn",
         "--algorithm",       "--verbose",       "--help",         "--version",      "--slow-start",
-        "--allow",           "--deny",          "--backup"};
+        "--allow",           "--deny",          "--backup",       "--dest-max-conn"};
     for (const Alias &x : aliases)
         if (name == x.brief) return x.full;
     for (const char *x : long_only)
@@ -107,6 +107,7 @@ void set_option(Config &c, const std::string &n, std::string_view v)
     else if (n == "--rise") c.rise = unsigned(parse_count(v, 1, 1000));
     else if (n == "--fall") c.fall = unsigned(parse_count(v, 1, 1000));
     else if (n == "--queue-max") c.queue_max = parse_count(v, 0, 100000000);
+    else if (n == "--dest-max-conn") c.dest_max_conn = unsigned(parse_count(v, 0, 100000000));
     else if (n == "--stats") c.stats = parse_stats_endpoint(v);
     else if (n == "--slow-start") c.slow_start = duration(true);
     else if (n == "--allow" || n == "--deny") c.acl.push_back(parse_acl_rule(n, v));
@@ -212,6 +213,7 @@ const char *difference(const Config &a, const Config &b)
     if (a.rise != b.rise) return "rise";
     if (a.fall != b.fall) return "fall";
     if (a.queue_max != b.queue_max) return "queue_max";
+    if (a.dest_max_conn != b.dest_max_conn) return "dest_max_conn";
     if (bool(a.stats) != bool(b.stats)) return "stats (set or not)";
     if (a.stats && !same(*a.stats, *b.stats)) return "stats";
     if (a.proxy != b.proxy) return "proxy";
@@ -284,6 +286,7 @@ void check_ranges(const Config &c, const std::vector<std::string> &args)
     if (c.workers > 1024) fail("more than 1024 workers");
     if (c.max_conn > 100000000) fail("a max_conn over 100000000");
     if (c.queue_max > 100000000) fail("a queue_max over 100000000");
+    if (c.dest_max_conn > 100000000) fail("a dest_max_conn over 100000000");
     if (c.rise < 1 || c.rise > 1000 || c.fall < 1 || c.fall > 1000) fail("rise or fall out of 1..1000");
     if (c.connect_timeout <= 0 || c.queue_timeout <= 0 || c.backoff_max <= 0)
         fail("a connect or queue timeout or backoff_max that is not positive");
@@ -306,6 +309,7 @@ std::vector<std::string> written(const Config &c)
     std::vector<std::string> w;
     if (c.workers) w.push_back("--workers=" + std::to_string(c.workers));
     if (c.max_conn) w.push_back("--max-conn=" + std::to_string(c.max_conn));
+    w.push_back("--dest-max-conn=" + std::to_string(c.dest_max_conn));
     w.push_back(std::string("--algorithm=")
                 + (c.algorithm == Algorithm::roundrobin ? "roundrobin"
                    : c.algorithm == Algorithm::source   ? "source"
