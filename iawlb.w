@@ -1009,6 +1009,7 @@ struct Connection : Link<TimerTag>, Link<ReadyTag> {@/
   SockAddr from; /* the client's address */
   bool waited = false; /* admitted to the queue once (|--queue-max|) */
   bool trial = false; /* its connect is its destination's trial */
+  unsigned epoch = 0; /* its destination's |epoch| when it was picked */
 };
 
 @ What the acceptor puts in an inbox: the socket and the client's address,
@@ -2258,6 +2259,7 @@ struct Destination {@/
   unsigned checks_passed = 0, checks_failed = 0; /* consecutive; ditto */
   Time retry_at = 0; /* when a down destination may be tried; ditto */
   Time changed_at = 0; /* when it last went down or came up; ditto */
+  unsigned epoch = 0; /* how many times it went down or came up; ditto */
   Time up_since = 0; /* when it last came back, 0 if it has been up from the start; ditto */
   long long credit = 0; /* for the weighted rotation; ditto */
   std::atomic<std::uint64_t> connections = 0, failed = 0; /* totals */
@@ -2293,7 +2295,7 @@ lock across one. The destinations live in a
 cannot move.
 
 @<Interface types@>=
-struct Pick {@+ int dest;@+ Time retry_at;@+ bool trial;@+};
+struct Pick {@+ int dest;@+ Time retry_at;@+ bool trial;@+ unsigned epoch;@+};
 struct RingPoint {@+ std::uint64_t at;@+ int dest;@+};
 enum class Change {@+ none, down, up@+};
 struct DestState {@+ bool up;@+ unsigned active;@+ Time changed_at;@+};
@@ -2308,7 +2310,7 @@ public:@/
   Destination &operator[](std::size_t i)@+{@+ return dests_[i];@+}
   Pick pick(Time now, const SockAddr *from = nullptr);@/
   Change connected(int d);@/
-  Change failed(int d, Time now, Time *wait, bool trial, bool *freed = nullptr);@/
+  Change failed(int d, Time now, Time *wait, bool trial, bool *freed = nullptr, long epoch = -1);@/
   bool abandon(int d, bool trial);@/
   bool release(int d);@/
   Change check(int d, bool passed, unsigned rise, unsigned fall, Time now);@/
@@ -2531,12 +2533,12 @@ Pick Pool::pick(Time now, const SockAddr *from)
     total += (long long)w;
     if (best < 0 || d.credit > dests_[best].credit) best = int(i);
   }
-  if (best < 0) return @[Pick{-1, next_retry(now, primaries), false}@];
+  if (best < 0) return @[Pick{-1, next_retry(now, primaries), false, 0}@];
   Destination &d = dests_[best];
   d.credit -= total;
   ++d.active;
   if (d.down) d.trial = true;
-  return @[Pick{best, 0, d.down}@];
+  return @[Pick{best, 0, d.down, d.epoch}@];
 }
 
 @ {\it Source affinity.} Some services keep state per client in the server
@@ -2721,6 +2723,7 @@ Change Pool::set_up(Destination &x, bool up, Time now)
   bool was_up = !x.down && !x.check_down;
   if (up == was_up) return Change::none;
   x.changed_at = now;
+  ++x.epoch;
   if (up) x.up_since = now;
   return up ? Change::up : Change::down;
 }
@@ -2735,14 +2738,15 @@ Change Pool::connected(int d)
   x.down = false;
   return c;
 }
-Change Pool::failed(int d, Time now, Time *wait, bool trial, bool *freed)
+Change Pool::failed(int d, Time now, Time *wait, bool trial, bool *freed, long epoch)
 {
   std::lock_guard<std::mutex> lock(m_);
   Destination &x = dests_[d];
   const bool was_full = leave(x);
   if (freed) *freed = was_full;
   ++x.failed;
-  if (x.down && !trial) @<Count a failure that was picked before the destination went down;
+  if (!trial && (x.down || (epoch >= 0 && std::uint64_t(epoch) != x.epoch)))
+    @<Count a failure that was picked before the destination last changed state;
     |return|@>@;
   ++x.failures;
   x.trial = false;
@@ -2772,6 +2776,20 @@ connection remembers it, and |failed| and |abandon| end the trial only for
 the trial's own connection. A failure of a connection picked {\it before}
 the destination went down is counted in the totals and changes nothing
 else: the verdict it would give is in already.
+
+The same holds for a connection picked before the destination came back.
+Sixteen connects in flight to a server that has stopped answering: the
+first times out and marks it down, the server returns, the trial connects
+and marks it up, and then another of the first lot, picked while the
+destination was first up, times out. Counted, it marked the destination down
+again a moment after it came back, and the log said ``down'' and ``up
+again'' twice: one loaded run of \.{make check-all} in ten caught it in the
+test ``a destination back after many failures in flight''. So each pick carries
+the destination's |epoch|, the number of its changes of state so far; the
+connection keeps it, and a failure whose epoch is not the destination's
+(and which is not a trial) is a late one. The unit test ``a failure picked
+before the destination came back is a late one'' shows it. The unit tests
+that call |failed| without an epoch get the first rule alone.
 
 @<Count a failure that was picked before...@>=
 {
@@ -2911,6 +2929,7 @@ void start_connect(Connection &c, Pick p)
 {
   int d = p.dest;
   c.trial = p.trial;
+  c.epoch = p.epoch;
   const SockAddr &to = shared.pool[d].addr;
   int fd = socket(to.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
@@ -3032,7 +3051,7 @@ void connect_failed(Connection &c, int err)
 {
   Time wait = 0;
   bool freed = false;
-  Change change = shared.pool.failed(c.dest, now, &wait, c.trial, &freed);
+  Change change = shared.pool.failed(c.dest, now, &wait, c.trial, &freed, long(c.epoch));
   if (freed) shared.retry_queues();
   const Destination &d = shared.pool[c.dest];
   Log(change == Change::down ? Level::warn : Level::debug,
@@ -3105,9 +3124,10 @@ which a place frees and a client waiting for it sits out its queue timeout.
 \smallskip
 
 \noindent Further reading: HAProxy's configuration manual on \.{balance},
-\.{retries}, \.{option redispatch}, \.{timeout queue} and a \.{server}'s
-\.{maxconn}; nginx's \.{ngx\_stream\_upstream\_module} on \.{least\_conn},
-\.{max\_fails} and \.{max\_conns}.
+\.{retries}, \.{option redispatch} and \.{timeout queue}; nginx's
+\.{ngx\_stream\_upstream\_module} on \.{least\_conn} and \.{max\_fails}.
+On limits per destination, the same two manuals on a server's \.{maxconn} and
+on \.{max\_conns}.
 
 @* The server loop.
 The acceptor is the program's main thread. In IAWLB it ran |FOREVER|: accept

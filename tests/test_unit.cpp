@@ -571,6 +571,34 @@ TEST_CASE("Pool: a late failure neither ends the trial nor extends the backoff",
     CHECK(p[0].failed == 8);
 }
 
+TEST_CASE("Pool: a failure picked before the destination came back is a late one", "[unit][pool]")
+{
+    // Seen in one loaded gate run: a connect picked while the destination was first up
+    // timed out after it had gone down and come back, and marked it down again.
+    Pool p;
+    fill(p, 1);
+    Time now = 10 * sec, wait = 0;
+    Pick a = p.pick(now), b = p.pick(now);
+    REQUIRE(a.dest == 0);
+    REQUIRE(b.dest == 0);
+    CHECK(a.epoch == b.epoch);
+    bool freed = false;
+    CHECK(p.failed(0, now, &wait, a.trial, &freed, long(a.epoch)) == Change::down);
+    Pick trial = p.pick(now + wait);
+    REQUIRE(trial.trial);
+    CHECK(trial.epoch != b.epoch);
+    CHECK(p.connected(0) == Change::up);
+    // b's connect fails now: counted, but the destination stays up and usable.
+    CHECK(p.failed(0, now + wait + msec, &wait, b.trial, &freed, long(b.epoch)) == Change::none);
+    CHECK_FALSE(p.is_down(0));
+    CHECK(p[0].failed == 2);
+    Pick c = p.pick(now + wait + 2 * msec);
+    CHECK(c.dest == 0);
+    CHECK_FALSE(c.trial);
+    // A failure picked in the current epoch still counts.
+    CHECK(p.failed(0, now + wait + 3 * msec, &wait, c.trial, &freed, long(c.epoch)) == Change::down);
+}
+
 // ------------------------------------------------------------- operations
 
 TEST_CASE("parse_args: the operations options", "[unit][parse][ops]")
