@@ -1501,13 +1501,24 @@ static bool end_client(Fd& c) {
     return st == Io::Eof || st == Io::Ok;
 }
 
+// Two echo servers behind a balancer of two workers with --dest-max-conn limit, and a
+// queue timeout longer than any test.
+struct LimitedPair {
+    std::unique_ptr<Backend> a = Backend::make(Kind::Echo, "A");
+    std::unique_ptr<Backend> b = Backend::make(Kind::Echo, "B");
+    uint16_t lp = free_port();
+    Balancer lb;
+    explicit LimitedPair(int limit)
+        : lb(start_balancer({"-w", "2", "--dest-max-conn", std::to_string(limit), "--queue-timeout", "10m",
+                             listen_arg(lp), a->address(), b->address()})) {}
+};
+
 TEST_CASE("a limit per destination (--dest-max-conn): a client beyond it waits and is served when a place frees",
           "[integration][ops][dest-limit]") {
-    auto a = Backend::make(Kind::Echo, "A");
-    auto b = Backend::make(Kind::Echo, "B");
-    const uint16_t lp = free_port();
-    auto lb = start_balancer({"-w", "2", "--dest-max-conn", "2", "--queue-timeout", "10m", listen_arg(lp),
-                              a->address(), b->address()});
+    LimitedPair pair(2);
+    auto &a = pair.a, &b = pair.b;
+    auto &lb = pair.lb;
+    const uint16_t lp = pair.lp;
     CHECK(lb->log().find("destinations (at most 2 each)") != std::string::npos);
     std::vector<Fd> held;
     for (int i = 0; i < 4; ++i) {
@@ -1566,11 +1577,10 @@ TEST_CASE("a limit per destination (--dest-max-conn): a client beyond it waits a
 
 TEST_CASE("a limit per destination under a crowd: 60 clients through 2 x 3 places, all byte-exact, none over",
           "[integration][ops][dest-limit]") {
-    auto a = Backend::make(Kind::Echo, "A");
-    auto b = Backend::make(Kind::Echo, "B");
-    const uint16_t lp = free_port();
-    auto lb = start_balancer({"-w", "2", "--dest-max-conn", "3", "--queue-timeout", "10m", listen_arg(lp),
-                              a->address(), b->address()});
+    LimitedPair pair(3);
+    auto &a = pair.a, &b = pair.b;
+    auto &lb = pair.lb;
+    const uint16_t lp = pair.lp;
     constexpr int N = 60;
     auto msg = [](int i) {
         Pattern p(static_cast<uint64_t>(i) + 1);
