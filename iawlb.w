@@ -2652,7 +2652,7 @@ answer is at most 50\,ms away: a client waiting on another worker notices a
 destination that came back within 50\,ms of its trial. A destination taken
 out by its health checks comes back when the checker says so, which the
 workers cannot foresee either; it counts like a trial. A full destination
-gives no time at all: the wake-up of |leave| will come instead. If every
+gives no time at all: the wake-up that follows a |leave| comes instead. If every
 destination is full, the answer is |forever|, and the queue sleeps until
 woken.
 
