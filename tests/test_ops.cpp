@@ -1110,6 +1110,9 @@ TEST_CASE("restart with --reuseport: old and new balancer on one port, SIGTERM t
         std::atomic<bool> stop{false};
         std::mutex m;
         std::vector<Failure> failures;
+        // Answered connections per local port: the kernel may give a port that a reset
+        // connection had to a later one, which a balancer then logs.
+        std::vector<std::atomic<int>> ok_on_port = std::vector<std::atomic<int>>(65536);
     } t;
     t.gone[0].store(true);
     const double t0 = now();
@@ -1135,6 +1138,7 @@ TEST_CASE("restart with --reuseport: old and new balancer on one port, SIGTERM t
                 else if (int g = answered_by(got, msg); g < 0) f.what = "wrong answer '" + printable(got) + "'";
                 else {
                     t.ok[g].fetch_add(1);
+                    t.ok_on_port[f.port].fetch_add(1);
                     if (gone_before[g]) t.after_exit.fetch_add(1);
                 }
                 f.reset_no_data = (st == Io::Reset || rs == Io::Reset) && got.empty();
@@ -1190,6 +1194,9 @@ TEST_CASE("restart with --reuseport: old and new balancer on one port, SIGTERM t
     // completed in the old listening socket in the instant between the drain's last
     // accept and its close. The book documents that gap; only the sysctl
     // net.ipv4.tcp_migrate_req=1 closes it. Every other failure is the balancer's.
+    // "Logged" counts the lines of the failure's local port beyond the answered
+    // connections that had that port: one loaded gate run saw a reset client's port
+    // given to a later client, whose line made the reset look accepted.
     std::string all_logs;
     for (auto& b : gens) all_logs += b->log();
     std::vector<int> lost_in_kernel(switches.size(), 0);
@@ -1199,7 +1206,8 @@ TEST_CASE("restart with --reuseport: old and new balancer on one port, SIGTERM t
         int in = -1;
         for (size_t k = 0; k < switches.size(); ++k)
             if (f.at >= switches[k].term_at && f.at <= switches[k].exit_at + 2.0) in = int(k);
-        const bool logged = f.port != 0 && all_logs.find("127.0.0.1:" + std::to_string(f.port) + " -> ") != std::string::npos;
+        const bool logged = f.port != 0 && count_of(all_logs, "127.0.0.1:" + std::to_string(f.port) + " -> ")
+                                                > size_t(t.ok_on_port[f.port].load());
         const bool kernel_gap = f.reset_no_data && !logged && f.port != 0 && in >= 0;
         if (kernel_gap) lost_in_kernel[in]++;
         else ++unexplained;
