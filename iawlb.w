@@ -173,6 +173,7 @@
 @s Endpoint int
 @s HostPort int
 @s Algorithm int
+@s ProxyHeader int
 @s Config int
 @s UsageError int
 @s Level int
@@ -824,7 +825,7 @@ void notify()@+{@+ write_eventfd(wake.get());@+}
 
 @ These members belong to the worker's thread alone. Connections are owned by
 |conns| through |unique_ptr|; each knows its index there (|slot|), so that
-removing one is a swap with the last and a |pop_back|. The four intrusive
+removing one is a swap with the last and a |pop_back|. The five intrusive
 lists do not own anything: they thread the same |Connection| objects in the
 orders the timers and the relay need (|@<Intrusive lists@>|).
 
@@ -832,7 +833,7 @@ orders the timers and the relay need (|@<Intrusive lists@>|).
 unique_fd ep; /* the |epoll| instance */
 std::vector<std::unique_ptr<Connection> > conns; /* every connection owned */
 std::vector<std::unique_ptr<Connection> > graveyard; /* closed in this round */
-List<Connection, TimerTag> queued, connecting, relaying; /* each by deadline */
+List<Connection, TimerTag> prereading, queued, connecting, relaying; /* each by deadline */
 List<Connection, ReadyTag> ready; /* relaying, with work left for the next round */
 std::vector<Connection *> round; /* scratch for |run_ready| */
 BufferPool buffers;
@@ -968,9 +969,11 @@ for (@[Accepted &a@,:@,batch@]) adopt(a);
 
 @ {\it A connection} is the pair of sockets, client side and server side, and
 the state of the two directions between them (chapter {\sl The relay}). It is in
-one of four states:
+one of five states:
 
 \smallskip
+\item{} |preread|: accepted, its PROXY header not yet read; only with
+\.{--accept-proxy} (chapter {\sl Operations});
 \item{} |queued|: accepted, waiting for a usable destination (or for a free
 descriptor);
 \item{} |connecting|: a non-blocking |connect| to a destination is under way;
@@ -989,10 +992,10 @@ chapter {\sl The relay} explains.
 \figure3{The life of one connection. Dashed: the ways it can end early.}
 
 @<Connection record@>=
-enum class State : std::uint8_t {@+ queued, connecting, relaying, closed@+};
+enum class State : std::uint8_t {@+ preread, queued, connecting, relaying, closed@+};
 enum class End : std::uint8_t {@/
   done, client_error, server_error, idle_timeout, queue_timeout,
-  queue_full, no_resources, shutdown@/
+  queue_full, no_resources, shutdown, bad_header, preread_timeout, denied@/
 };
 struct TimerTag;
 struct ReadyTag;
@@ -1007,6 +1010,8 @@ struct Connection : Link<TimerTag>, Link<ReadyTag> {@/
   Time key = 0; /* the time its deadline counts from */
   Time accepted = 0, connected = 0;@/
   SockAddr from; /* the client's address */
+  SockAddr to; /* the address it connected to, when a PROXY header named it */
+  std::uint32_t skip = 0; /* bytes of a long PROXY header still to be dropped */
   bool waited = false; /* admitted to the queue once (|--queue-max|) */
   bool trial = false; /* its connect is its destination's trial */
   unsigned epoch = 0; /* its destination's |epoch| when it was picked */
@@ -1022,7 +1027,8 @@ struct Accepted {@/
 };
 
 @ Adopting an accepted socket creates its |Connection|, registers the client
-socket with |epoll|, and dispatches it (chapter {\sl Balancing and failure}). If
+socket with |epoll|, and dispatches it (chapter {\sl Balancing and failure}),
+or, with \.{--accept-proxy}, waits for its PROXY header first. If
 |epoll_ctl| fails (the kernel's limit on watched descriptors, or memory), the
 client is closed: there is no way to serve a socket we cannot watch.
 
@@ -1035,7 +1041,12 @@ void adopt(Accepted &a)
   c.client.fd = std::move(a.fd);
   c.from = a.from;
   c.accepted = now;
-  ++shared.queued; /* a new connection starts in state |queued| */
+  if (shared.cfg.accept_proxy) {
+    c.state = State::preread;
+    c.key = now;
+    prereading.push_back(&c);
+  }
+  else ++shared.queued; /* the connection starts in state |queued| */
   if (!watch(c, c.client, 0)) {
     Log(Level::warn, "epoll_ctl for client %s: %s", addr_to_string(c.from).c_str(),
       std::strerror(errno));
@@ -1043,7 +1054,7 @@ void adopt(Accepted &a)
     finish(c, End::no_resources);
     return;
   }
-  dispatch(c);
+  if (c.state == State::queued) dispatch(c);
 }
 
 @ {\it Memory running out.} The first version let |std::bad_alloc| out of
@@ -1185,6 +1196,8 @@ relay buffer or a PROXY header, closes this connection only (|out_of_memory|).
 bool gone = ev.events & (EPOLLERR | EPOLLHUP);
 try {
   switch (c.state) {
+  case State::preread:@+ if (!at_server) preread(c);
+    break;
   case State::relaying: pump(c);@+ break;
   case State::connecting:
     if (at_server) connect_done(c, ev.events);
@@ -1299,6 +1312,9 @@ const char *end_name(End e)
   case End::queue_full: return "queue-full";
   case End::no_resources: return "no-resources";
   case End::shutdown: return "shutdown";
+  case End::bad_header: return "bad-header";
+  case End::preread_timeout: return "preread-timeout";
+  case End::denied: return "denied";
   }
   return "?";
 }
@@ -1327,7 +1343,8 @@ void abort_all()
 
 @ {\it Timers.} A balancer needs three timeouts per connection: how long a
 |connect| may take, how long a connection may stay idle, and how long a client
-may wait for a destination. A general timer structure (a heap, a wheel) is
+may wait for a destination; with \.{--accept-proxy} a fourth, how long it may
+take to send its PROXY header. A general timer structure (a heap, a wheel) is
 not needed, because each timeout is the {\it same} for every connection. If
 every connection in a list started its wait at time |key| and all wait the
 same |timeout|, then a list kept in the order of |key| is also in the order of
@@ -1354,6 +1371,7 @@ void expire()
   while (@[Connection *c = due(connecting, cfg.connect_timeout)@]) connect_failed(*c, ETIMEDOUT);
   while (@[Connection *c = due(relaying, cfg.idle_timeout)@]) finish(*c, End::idle_timeout);
   while (@[Connection *c = due(queued, cfg.queue_timeout)@]) finish(*c, End::queue_timeout);
+  while (@[Connection *c = due(prereading, cfg.preread_timeout)@]) late_header(*c);
 }
 
 @ Each of those loops ends because each of its steps takes the front
@@ -1362,7 +1380,7 @@ and if it starts a new |connect| for the same client, the client goes to the
 {\it back} of |connecting| with a fresh key, which is not due.
 
 The time |epoll_wait| may sleep is the distance to the earliest deadline of
-the three lists, or to |retry_at| if clients are waiting for a destination,
+the timer lists, or to |retry_at| if clients are waiting for a destination,
 or zero if some connection has work left from the last round (|ready|). With
 nothing to wait for, it sleeps until an event arrives ($-1$). The distance is
 rounded {\it up} to whole milliseconds by |ms_until|.
@@ -1379,6 +1397,7 @@ int next_timeout()
   earliest(t, connecting, shared.cfg.connect_timeout);
   earliest(t, relaying, shared.cfg.idle_timeout);
   earliest(t, queued, shared.cfg.queue_timeout);
+  earliest(t, prereading, shared.cfg.preread_timeout);
   if (!queued.empty()) t = std::min(t, retry_at);
   return ms_until(t, now_us());
 }
@@ -3193,7 +3212,8 @@ struct Shared {@/
   std::size_t pipes_per_worker = 0; /* ditto; |pipe_budget| */
   std::atomic<std::size_t> active = 0; /* clients accepted and not yet closed */
   std::atomic<std::size_t> queued = 0; /* of those, clients without a destination */
-  std::atomic<std::uint64_t> accepted = 0, refused = 0, denied = 0; /* totals */
+  std::atomic<std::uint64_t> accepted = 0, refused = 0, denied = 0, bad_headers = 0; /* totals */
+  std::atomic<bool> told_bad_header = false; /* the first bad PROXY header was logged */
   Time started = 0; /* immutable once the threads run */
   std::atomic<Phase> phase = Phase::running;@/
   std::atomic<unsigned> workers_done = 0;@/
@@ -3369,7 +3389,7 @@ void accept_clients()
     a.fd.reset(fd);
     a.from.len = len;
     if (closing) --backlog_left;
-    if (!acl_admits(shared.cfg.acl, a.from)) {
+    if (!acl_admits(shared.cfg.accept_proxy ? shared.cfg.trusted : shared.cfg.acl, a.from)) {
       @<Count and log the client |a| that the rules refuse; |continue|@>@;
     }
     ++shared.active;
@@ -3876,11 +3896,17 @@ it, and counted in |denied|; with \.{-v} each one is logged. The check
 costs a few comparisons per rule, in the acceptor, per connection, not per
 byte.
 
+With \.{--accept-proxy} the acceptor checks the peer against the
+\.{--trusted} networks instead, and the access rules wait for the address
+that the PROXY header names (|@<Admit |c|, whose PROXY header...@>|).
+
 @<Count and log the client |a| that the rules refuse...@>=
 ++shared.denied;
 if (shared.cfg.verbose)
-  Log(Level::info, "%s denied by the access rules", addr_to_string(a.from).c_str());
+  Log(Level::info, shared.cfg.accept_proxy ? "%s is not a trusted proxy"@|
+    : "%s denied by the access rules", addr_to_string(a.from).c_str());
 @.denied by the access rules@>
+@.is not a trusted proxy@>
 continue;
 
 @ A rule keeps its network as bytes in network order, four for IPv4 and
@@ -3906,7 +3932,7 @@ message, naming the value as typed.
 AclRule parse_acl_rule(std::string_view name, std::string_view value)
 {
   AclRule r = AclRule(); /* every byte of |net| zero */
-  r.allow = name == "--allow";
+  r.allow = name != "--deny"; /* a \.{--trusted} network admits, as an \.{--allow} does */
   std::string text(value.substr(0, value.find('/')));
   const std::string where = "option " + std::string(name) + ": '" + std::string(value) + "'";
   if (inet_pton(AF_INET, text.c_str(), r.net) == 1) r.family = AF_INET;
@@ -4287,23 +4313,355 @@ before its greeting can be answered. The address the client connected to is
 asked of the kernel with |getsockname|; it is the listener's address, except
 on a wildcard listener, where it is the address of the machine that this
 client chose. The client may be gone already, and then |getsockname| fails
-and the connection ends as the client's error. The header's bytes are bytes
+and the connection ends as the client's error. A client that came with a
+PROXY header of its own (\.{--accept-proxy}) has both addresses from it, and
+they are passed on as they came. The header's bytes are bytes
 sent to the destination, and the log and the statistics count them so.
 
 @<Put the PROXY protocol header in front of |c|'s bytes; |return| if the client is gone@>=
-SockAddr to;
+SockAddr to = c.to;
 socklen_t len = sizeof to.in6;
-if (getsockname(c.client.fd.get(), &to.sa, &len) < 0) {
+if (to.len == 0 && getsockname(c.client.fd.get(), &to.sa, &len) < 0) {
   c.error = errno;
   finish(c, End::client_error);
   return;
 }
-to.len = len;
+if (to.len == 0) to.len = len;
 std::string h = proxy_header(shared.cfg.proxy, c.from, to);
 c.up.buf = buffers.take();
 std::memcpy(c.up.buf.get(), h.data(), h.size());
 c.up.tail = std::uint32_t(h.size());
 c.up.bytes = h.size();
+
+@ {\it Accepting the PROXY protocol.} The other side of the same protocol:
+iawlb behind a balancer that sends the header, a cloud balancer, HAProxy
+with \.{send-proxy}, or another iawlb. With \.{--accept-proxy} every client
+connection must begin with a header, of either version, and the address it
+names becomes the client's address for everything that follows: the line of
+the log, the hash of \.{-a source}, the access rules, and the header that
+\.{--send-proxy} sends on. The header itself is not relayed; every byte
+after it is.
+@^PROXY protocol@>
+
+Believing the header is a matter of trust: anyone who can connect could
+write \.{PROXY TCP4 10.0.0.1 ...} and pass for an address the access rules
+admit. So the option comes with \.{--trusted CIDR}, the networks of the
+proxies in front, and it may not be given without it; the acceptor closes
+every other peer at once, as it closes a client that the rules refuse
+(|@<Count and log the client |a|...@>|). HAProxy leaves the restriction to
+a separate rule (\.{tcp-request connection expect-proxy layer4 if} an ACL),
+and nginx to its \.{allow} and \.{deny}, which there judge the proxy's own
+address; a balancer whose users forget the rule believes every stranger.
+
+A header arrives like any other bytes: in as many segments as the network
+pleases, or not at all. The connection starts in state |preread|, in a
+timer list of its own, and each time its socket reports data the worker
+looks at what has arrived with |MSG_PEEK|, which leaves the bytes in the
+socket. |parse_proxy_header| says whether they hold a whole header, not yet
+one, or something that can never become one; only a whole header is taken
+out of the socket, and exactly its bytes, so that what follows stays in the
+kernel for the relay, as a client's first bytes always do while it waits
+for a destination. A client that has not sent a complete header after
+\.{--preread-timeout} (5\,s by default; nginx's \.{proxy\_protocol\_timeout})
+is closed.
+
+@ Peeking at 256 bytes is always enough to decide. A version~1 line is at
+most 107 bytes; a version~2 header has 16 fixed bytes and then, before any
+optional extensions, at most 216 bytes of addresses (two paths of a Unix
+socket), and we need to see only the 36 of two IPv6 addresses and ports,
+since Unix addresses are not used. The extensions of version~2 (type,
+length and value triples, the {\it TLVs}: an identifier of the
+connection, facts about its TLS) may bring the header to $16+65535$ bytes;
+we read none of them, and |skip| counts what is left to drop once the
+addresses have been read.
+
+@<Members of |Worker|@>=
+static constexpr std::size_t preread_peek = 256;
+void preread(Connection &c)
+{
+  char head[preread_peek];
+  FOREVER {
+    bool dropping = c.skip > 0;
+    std::size_t want = dropping ? std::min(std::size_t(c.skip), sizeof head) : sizeof head;
+    ssize_t n = recv(c.client.fd.get(), head, want, dropping ? 0 : MSG_PEEK);
+    @<Handle a |recv| of |c|'s header that returned |n| bytes; |return| unless bytes came@>@;
+    if (dropping) c.skip -= std::uint32_t(n);
+    else {
+      ProxyHeader h = parse_proxy_header(head, std::size_t(n));
+      if (h.verdict == ProxyHeader::incomplete && c.client.rdhup)
+        h = rejected("the connection ended inside its PROXY header");
+      if (h.verdict == ProxyHeader::incomplete) return;
+      if (h.verdict == ProxyHeader::bad) {
+        bad_header(c, h.why);
+        return;
+      }
+      @<Take the header's addresses for |c|, and its bytes out of the socket@>@;
+    }
+    if (c.skip == 0) {
+      admit(c);
+      return;
+    }
+  }
+}
+
+@ A |recv| that returns 0 means the client closed its side before its header
+was complete, which the header's reader counts as a bad header. A peek
+cannot say so when some bytes of the header came before the end: it returns
+those bytes each time, and never 0. The end is then known from |EPOLLRDHUP|
+(|rdhup|), and an incomplete header with the end behind it is a bad one; the
+first version missed that, and a client that sent half a header and closed
+its side was held until the timeout. A reset or
+another error ends the connection as the client's error. |EAGAIN| means
+that everything that has arrived has been looked at: the worker waits for the
+next event. |EINTR| is a turn of the loop again, which for a peek is the
+same peek.
+
+@<Handle a |recv| of |c|'s header...@>=
+if (n == 0) {
+  bad_header(c, "the connection ended inside its PROXY header");
+  return;
+}
+if (n < 0) {
+  if (errno == EINTR) continue;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) c.client.readable = false;
+  else {
+    c.error = errno;
+    finish(c, End::client_error);
+  }
+  return;
+}
+
+@ The part of the header that was peeked at is in the socket, so the |recv|
+that takes it cannot come back short; if it did, the rest would be dropped
+the same way as the extensions, in the next turns of the loop.
+
+@<Take the header's addresses for |c|...@>=
+if (h.names_client) {
+  c.from = h.from;
+  c.to = h.to;
+}
+std::size_t now_part = std::min(h.size, std::size_t(n));
+ssize_t got = recv(c.client.fd.get(), head, now_part, 0);
+if (got < 0) {
+  c.error = errno;
+  finish(c, End::client_error);
+  return;
+}
+c.skip = std::uint32_t(h.size - std::size_t(got));
+
+@ A connection whose header is complete leaves the timer list of |preread|
+and goes through the access rules, now with the address the header gave,
+and then to the pool as every client does. A header that does not name a
+client (a proxy's own health check sends the command \.{LOCAL}; a proxy that
+cannot describe a connection sends \.{UNKNOWN}) leaves the connection's own
+addresses in place, as the specification says.
+@.denied by the access rules@>
+
+@<Members of |Worker|@>=
+void admit(Connection &c)
+{
+  @<Admit |c|, whose PROXY header has been read, or close it if the rules refuse it@>@;
+}
+
+@ @<Admit |c|, whose PROXY header...@>=
+List<Connection, TimerTag>::remove(&c);
+if (!acl_admits(shared.cfg.acl, c.from)) {
+  ++shared.denied;
+  if (shared.cfg.verbose)
+    Log(Level::info, "%s denied by the access rules", addr_to_string(c.from).c_str());
+  finish(c, End::denied);
+  return;
+}
+set_state(c, State::queued);
+dispatch(c);
+
+@ A bad header is closed without an answer, since no answer could be in the
+protocol the client speaks, and counted in |bad_headers|. The first one is
+logged in every case, because it usually means a configuration error (the
+proxy in front does not send the header, or sends it only for some
+listeners); later ones only with \.{-v}, so that a stream of them cannot fill the
+disk. The same holds for a header that did not arrive in time.
+@.bad PROXY header@>
+
+@<Members of |Worker|@>=
+void bad_header(Connection &c, const char *why)
+{
+  ++shared.bad_headers;
+  if (!shared.told_bad_header.exchange(true) || shared.cfg.verbose)
+    Log(Level::warn, "bad PROXY header from %s: %s", addr_to_string(c.from).c_str(), why);
+  finish(c, End::bad_header);
+}
+void late_header(Connection &c)
+{
+  ++shared.bad_headers;
+  if (!shared.told_bad_header.exchange(true) || shared.cfg.verbose)
+    Log(Level::warn, "no PROXY header from %s after %s", addr_to_string(c.from).c_str(),
+      format_duration(shared.cfg.preread_timeout).c_str());
+@.no PROXY header from@>
+  finish(c, End::preread_timeout);
+}
+
+@ {\it Reading a header.} |parse_proxy_header| is a pure function of the
+bytes at hand, for the unit tests' sake, and its answer has three values: a
+verdict of |incomplete| means that these bytes are the beginning of a
+possible header, |bad| that no bytes could complete them into one. The two
+signatures share no first byte (`\.P' against CR), so the first byte chooses
+the version; for each, every shorter prefix of the signature is still
+|incomplete|.
+
+@<Interface types@>=
+struct ProxyHeader {@/
+  enum Verdict {@+ incomplete, bad, ok@+};
+  Verdict verdict = incomplete;@/
+  std::size_t size = 0; /* when |ok|: the whole header, in bytes */
+  bool names_client = false; /* |from| and |to| hold the header's addresses */
+  SockAddr from, to;@/
+  const char *why = ""; /* when |bad|: what is wrong */
+};
+
+@ @<Functions@>=
+ProxyHeader parse_proxy_header(const char *p, std::size_t n)
+{
+  static const char v2_signature[] = "\r\n\r\n\0\r\nQUIT\n";
+  if (std::memcmp(p, v2_signature, std::min(n, std::size_t(12))) == 0)
+    return n < 16 ? ProxyHeader() : parse_proxy_v2(reinterpret_cast<const unsigned char *>(p), n);
+  if (std::memcmp(p, "PROXY ", std::min(n, std::size_t(6))) == 0)
+    return parse_proxy_v1(p, n);
+  return rejected("it starts with neither PROXY signature");
+}
+ProxyHeader rejected(const char *why)
+{
+  ProxyHeader h;
+  h.verdict = ProxyHeader::bad;
+  h.why = why;
+  return h;
+}
+
+@ Version~1 is a line ended by CR LF, of at most 107 bytes. Its words are
+separated by single spaces: \.{PROXY}, the protocol, then for \.{TCP4} and
+\.{TCP6} the source and destination addresses and ports; after
+\.{UNKNOWN}, anything may follow, and is ignored. Each address must be one
+that |inet_pton| takes for the protocol's family, and each port a decimal
+number up to 65535, without a sign or leading zeros, so that a header has
+only one spelling.
+
+@<Functions@>=
+ProxyHeader parse_proxy_v1(const char *p, std::size_t n)
+{
+  const std::size_t most = 107;
+  const char *lf = static_cast<const char *>(std::memchr(p, '\n', std::min(n, most)));
+  if (!lf) return n >= most ? rejected("a version 1 line longer than 107 bytes") : ProxyHeader();
+  const std::size_t size = std::size_t(lf - p) + 1;
+  if (size < 2 || lf[-1] != '\r') return rejected("a version 1 line not ended by CR LF");
+  std::vector<std::string_view> word = split_words(std::string_view(p, size - 2));
+  ProxyHeader h;
+  h.verdict = ProxyHeader::ok;
+  h.size = size;
+  if (word.size() >= 2 && word[1] == "UNKNOWN") return h;
+  if (word.size() != 6) return rejected("a version 1 line without its six words");
+  int family = word[1] == "TCP4" ? AF_INET : word[1] == "TCP6" ? AF_INET6 : AF_UNSPEC;
+  if (family == AF_UNSPEC) return rejected("a version 1 protocol other than TCP4, TCP6, UNKNOWN");
+  if (!text_address(family, word[2], word[4], h.from)@|
+      || !text_address(family, word[3], word[5], h.to))
+    return rejected("a version 1 address or port that is not one");
+  h.names_client = true;
+  return h;
+}
+
+@ The words of a line, split at every single space, so that two spaces in a
+row make an empty word, which no address or port accepts.
+
+@<Functions@>=
+std::vector<std::string_view> split_words(std::string_view line)
+{
+  std::vector<std::string_view> word;
+  std::size_t start = 0;
+  FOREVER {
+    std::size_t space = line.find(' ', start);
+    word.push_back(line.substr(start, space == std::string_view::npos ? space : space - start));
+    if (space == std::string_view::npos) return word;
+    start = space + 1;
+  }
+}
+
+@ |text_address| fills a |SockAddr| from an address and a port as text,
+and says whether both were well formed.
+
+@<Functions@>=
+bool text_address(int family, std::string_view host, std::string_view port, SockAddr &a)
+{
+  if (port.empty() || port.size() > 5 || (port.size() > 1 && port[0] == '0')) return false;
+  unsigned long value = 0;
+  for (@[char ch@,:@,port@]) {
+    if (ch < '0' || ch > '9') return false;
+    value = 10 * value + unsigned(ch - '0');
+  }
+  if (value > 65535 || host.size() >= INET6_ADDRSTRLEN) return false;
+  char text[INET6_ADDRSTRLEN];
+  std::memcpy(text, host.data(), host.size());
+  text[host.size()] = '\0';
+  a = SockAddr();
+  void *bytes = family == AF_INET ? (void *) &a.in4.sin_addr : (void *) &a.in6.sin6_addr;
+  if (inet_pton(family, text, bytes) != 1) return false;
+  a.sa.sa_family = sa_family_t(family);
+  if (family == AF_INET) a.in4.sin_port = htons(std::uint16_t(value));
+  else a.in6.sin6_port = htons(std::uint16_t(value));
+  a.len = family == AF_INET ? sizeof a.in4 : sizeof a.in6;
+  return true;
+}
+
+@ Version~2 has, after its signature, a byte whose high half is the version
+(2) and whose low half the command (0, \.{LOCAL}: the proxy's own
+connection; 1, \.{PROXY}: a client's), then a byte of address family (high
+half: 0 unspecified, 1 IPv4, 2 IPv6, 3 Unix) and transport (low half:
+0~unspecified, 1 stream, 2 datagram), then the length of the rest, 16 bits
+big-endian. Any other value of those halves is refused, as the specification
+asks. A header that names no TCP connection over IP (\.{LOCAL}, an
+unspecified family, a Unix socket, a datagram) is accepted and leaves the
+connection's own addresses; one whose length is too short for the addresses
+of its family is refused.
+
+@<Functions@>=
+ProxyHeader parse_proxy_v2(const unsigned char *u, std::size_t n)
+{
+  const unsigned version = u[12] >> 4, command = u[12] & 15u;
+  const unsigned family = u[13] >> 4, transport = u[13] & 15u;
+  const std::size_t length = std::size_t(u[14]) << 8 | u[15];
+  if (version != 2) return rejected("a version 2 signature with another version");
+  if (command > 1) return rejected("a version 2 command other than LOCAL and PROXY");
+  if (family > 3 || transport > 2) return rejected("a version 2 family or transport unknown");
+  ProxyHeader h;
+  h.verdict = ProxyHeader::ok;
+  h.size = 16 + length;
+  if (command == 0 || transport != 1 || (family != 1 && family != 2)) return h;
+  const std::size_t alen = family == 1 ? 4 : 16;
+  if (length < 2 * alen + 4) return rejected("a version 2 length too short for its addresses");
+  if (n < 16 + 2 * alen + 4) return ProxyHeader();
+  binary_address(family == 1 ? AF_INET : AF_INET6, u + 16, u + 16 + 2 * alen, h.from);
+  binary_address(family == 1 ? AF_INET : AF_INET6, u + 16 + alen, u + 18 + 2 * alen, h.to);
+  h.names_client = true;
+  return h;
+}
+
+@ The addresses come first, source then destination, and the two ports after
+them, all in network order, which is the order a |SockAddr| keeps them in.
+
+@<Functions@>=
+void binary_address(int family, const unsigned char *addr, const unsigned char *port, SockAddr &a)
+{
+  a = SockAddr();
+  a.sa.sa_family = sa_family_t(family);
+  if (family == AF_INET) {
+    std::memcpy(&a.in4.sin_addr, addr, 4);
+    std::memcpy(&a.in4.sin_port, port, 2);
+    a.len = sizeof a.in4;
+  }
+  else {
+    std::memcpy(&a.in6.sin6_addr, addr, 16);
+    std::memcpy(&a.in6.sin6_port, port, 2);
+    a.len = sizeof a.in6;
+  }
+}
 
 @ {\it A restart without a refused client.} Replacing a running balancer
 by a new version (a new binary, a new list of destinations) takes, without
@@ -4668,13 +5026,16 @@ static double dest_value(Of what, const Destination &d, const DestState &s, Time
   return 0;
 }
 
-@ And six families for the balancer as a whole, in a table of their own
+@ And seven families for the balancer as a whole, in a table of their own
 whose order is the order of the values below. Their values are not chosen
 by |what|, which these entries fill with |Of::up| only because the field
 must hold something. A client is {\it refused} when
 it is closed without ever reaching a destination: the queue was full, or its
 queue timeout passed. A client is {\it denied} when an access rule closed it
-as it was accepted; it is not counted as accepted.
+as it was accepted; it is not counted as accepted. With \.{--accept-proxy}
+the acceptor denies a peer that is not a trusted proxy, and the access rules
+judge the address of the header, after it was read: such a client was
+accepted first.
 
 @<Functions@>=
 const Metric balancer_metrics[] = {@/
@@ -4684,14 +5045,17 @@ const Metric balancer_metrics[] = {@/
   {Of::up, "iawlb_refused_connections_total", "counter",
     "Clients closed without reaching a destination (queue full or queue timeout)."},@/
   {Of::up, "iawlb_denied_connections_total", "counter",
-    "Clients closed at once by an --allow or --deny rule."},@/
+    "Clients closed by an --allow or --deny rule, or not from a --trusted proxy."},@/
+  {Of::up, "iawlb_bad_proxy_headers_total", "counter",
+    "Clients closed because their PROXY header was malformed or late (--accept-proxy)."},@/
   {Of::up, "iawlb_uptime_seconds", "gauge", "Seconds since the balancer started."}@/
 };
 
 @ @<Append the balancer's own metrics...@>=
 const double value[] = {double(shared.accepted.load()), double(shared.queued.load()),@|
   double(shared.active.load()), double(shared.refused.load()),@|
-  double(shared.denied.load()), (now - shared.started) / double(sec)};
+  double(shared.denied.load()), double(shared.bad_headers.load()),@|
+  (now - shared.started) / double(sec)};
 for (std::size_t k = 0; k < std::size(value); ++k) {
   family(m, balancer_metrics[k]);
   sample(m, balancer_metrics[k].name, "", value[k]);
@@ -4798,6 +5162,17 @@ this chapter (the integration test ``restart with \.{--reuseport}'' makes
 it). Then set the sysctl back to 0. What does each of the two defences
 cover that the other does not? \hint{One of them needs another listener in
 the group; the other has a window of a few microseconds.}
+\ex{8}{20} With \.{--accept-proxy}, the peer is checked against
+\.{--trusted} in the acceptor, but the access rules wait for the worker.
+Why can the rules not be checked in the acceptor too, and why should the
+trust not wait for the worker? \hint{What does the acceptor know about a
+client, and what does a worker spend on one?}
+\ex{9}{25} Put HAProxy in front of the balancer (\.{server ... send-proxy-v2}),
+and the balancer, with \.{--accept-proxy --trusted 127.0.0.1 -v}, in front
+of \.{python3 -m http.server}. Fetch a page with \.{curl --local-port 45678}
+and find that port in the balancer's log. Then let the test program send a
+version~2 header whose length announces 60000 bytes of extensions but
+sends 100: what happens, after how long, and what does the log say?
 \smallskip
 
 \noindent Further reading: HAProxy's configuration manual, on \.{weight},
@@ -5562,6 +5937,9 @@ struct Config {@/
   std::optional<Endpoint> stats; /* where to serve the statistics */
   std::vector<AclRule> acl; /* \.{--allow} and \.{--deny}, in command-line order */
   Proxy proxy = Proxy::none;@/
+  bool accept_proxy = false; /* each client starts with a PROXY header (\.{--accept-proxy}) */
+  std::vector<AclRule> trusted; /* the peers that may send one (\.{--trusted}) */
+  Time preread_timeout = 5 * sec; /* how long a client may take to send it */
   bool reuseport = false;@/
   bool verbose = false, help = false, version = false;@/
 };
@@ -5614,6 +5992,11 @@ s += "  -a, --algorithm NAME     leastconn, roundrobin or source (the same clien
 "                           (a bare PORT means 127.0.0.1)\n"@/
 "      --send-proxy         send a PROXY protocol v1 header to each DEST\n"@/
 "      --send-proxy-v2      send a PROXY protocol v2 header to each DEST\n"@/
+"      --accept-proxy       read a PROXY protocol header (v1 or v2) from each\n"@/
+"                           client and use the client address it names\n"@/
+"      --trusted CIDR       the peers that may send that header (repeatable;\n"@/
+"                           required with --accept-proxy; others are refused)\n"@/
+"      --preread-timeout D  time a client has to send its header (default: 5s)\n"@/
 "      --reuseport          let another iawlb listen on LISTEN too\n"@/
 "                           (SO_REUSEPORT)\n"@/
 "  -v, --verbose            log one line per finished connection\n"@/
@@ -5693,11 +6076,13 @@ reported first, since options are read in order.
 
 @<Handle a flag option...@>=
 if (is(name, "-h", "--help") || is(name, "-V", "--version") || is(name, "-v", "--verbose")@|
-    || name == "--send-proxy" || name == "--send-proxy-v2" || name == "--reuseport") {
+    || name == "--send-proxy" || name == "--send-proxy-v2" || name == "--reuseport"@|
+    || name == "--accept-proxy") {
   if (glued) throw UsageError("option '" + std::string(name) + "' takes no value");
   if (is(name, "-h", "--help")) cfg.help = true;
   else if (is(name, "-V", "--version")) cfg.version = true;
   else if (name == "--reuseport") cfg.reuseport = true;
+  else if (name == "--accept-proxy") cfg.accept_proxy = true;
   else if (is(name, "-v", "--verbose")) cfg.verbose = true;
   else @<Choose the PROXY protocol version, refusing two@>@;
   if (cfg.help || cfg.version) return cfg;
@@ -5725,7 +6110,8 @@ bool known = is(name, "-w", "--workers") || is(name, "-c", "--max-conn")@|
   || name == "--backoff-max" || name == "--check-interval" || name == "--rise"@|
   || name == "--fall" || name == "--queue-max" || name == "--stats"@|
   || name == "--allow" || name == "--deny" || name == "--slow-start"@|
-  || name == "--backup" || name == "--dest-max-conn";
+  || name == "--backup" || name == "--dest-max-conn" || name == "--trusted"@|
+  || name == "--preread-timeout";
 if (!known) throw UsageError("unknown option '" + std::string(arg) + "'");
 @.unknown option@>
 if (!glued) {
@@ -5765,6 +6151,8 @@ else if (name == "--fall") cfg.fall = unsigned(count_option(name, value, 1, 1000
 else if (name == "--queue-max") cfg.queue_max = count_option(name, value, 0, 100000000);
 else if (name == "--allow" || name == "--deny")
   cfg.acl.push_back(parse_acl_rule(name, value));
+else if (name == "--trusted") cfg.trusted.push_back(parse_acl_rule(name, value));
+else if (name == "--preread-timeout") cfg.preread_timeout = duration_option(name, value, false);
 else cfg.stats = parse_stats_endpoint(value);
 
 @ After the options, the places: exactly one LISTEN and at least one DEST,
@@ -5781,6 +6169,10 @@ cfg.dests.clear();
 for (std::size_t i = 1; i < places.size(); ++i)
   cfg.dests.push_back(parse_dest(places[i]));
 cfg.dests.insert(cfg.dests.end(), backups.begin(), backups.end());
+if (cfg.accept_proxy && cfg.trusted.empty())
+  throw UsageError("option --accept-proxy needs --trusted CIDR, the proxies that may send the header");
+if (!cfg.accept_proxy && !cfg.trusted.empty())
+  throw UsageError("option --trusted is for --accept-proxy, which is not given");
 
 @ These functions are the interface that the unit tests use.
 
@@ -5796,6 +6188,13 @@ std::uint16_t parse_port(std::string_view s);
 Endpoint parse_endpoint(std::string_view arg, const char *what);
 Endpoint parse_dest(std::string_view arg);
 std::string proxy_header(Proxy v, const SockAddr &from, const SockAddr &to);
+ProxyHeader parse_proxy_header(const char *p, std::size_t n);
+ProxyHeader parse_proxy_v1(const char *p, std::size_t n);
+ProxyHeader parse_proxy_v2(const unsigned char *u, std::size_t n);
+ProxyHeader rejected(const char *why);
+std::vector<std::string_view> split_words(std::string_view line);
+bool text_address(int family, std::string_view host, std::string_view port, SockAddr &a);
+void binary_address(int family, const unsigned char *addr, const unsigned char *port, SockAddr &a);
 Endpoint parse_stats_endpoint(std::string_view arg);
 AclRule parse_acl_rule(std::string_view name, std::string_view value);
 bool prefix_matches(const unsigned char *x, const unsigned char *y, unsigned bits);
@@ -6645,6 +7044,22 @@ between the last |accept4| and the |close|, and the handshakes not yet
 complete. \.{tcp\_migrate\_req} covers those, on Linux 5.14 and later, but
 only towards another listener of the same group, and it is the
 administrator's setting.
+\ans{8} The acceptor sees only the peer, and for a client that came
+through a proxy the peer is the proxy: the address the rules are written
+for is in the header, which has not been read yet and may take several
+segments, and the acceptor must not wait for anyone. The trust is a
+different matter: the peer is all it needs, and a stranger refused there
+costs one |accept4| and one |close|, while one admitted to a worker costs a
+|Connection|, a registration with |epoll| and a place in the timer list
+until its header is judged, and may hold those for the whole
+\.{--preread-timeout}.
+\ans{9} The port of \.{curl} appears in the line of each connection,
+HAProxy's own port nowhere. The short header is not bad, only incomplete:
+the 100 bytes are dropped as they come (|skip|), and the connection waits
+for the rest in state |preread| until \.{--preread-timeout}; then it is
+closed, counted in \.{iawlb\_bad\_proxy\_headers\_total}, and logged as
+\msg{no PROXY header from ... after 5s} (once, or always with \.{-v}),
+with the address that the header named, since its addresses had been read.
 \smallskip
 
 @ {\it Performance.}

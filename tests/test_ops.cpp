@@ -341,8 +341,8 @@ std::string expected_v2(bool v6, const std::string& src, const std::string& dst,
     return h;
 }
 
-// One client through a --send-proxy(-v2) balancer to a plain listening socket. Returns
-// what the destination received (up to the client's EOF) and checks the way back.
+// What one client through a balancer to a plain listening socket found: what the
+// destination received (up to the client's EOF), and the way back.
 struct ProxyRun {
     std::string error;
     std::string received;  // all bytes the destination got
@@ -350,28 +350,58 @@ struct ProxyRun {
     std::string reply;  // what the client got back
 };
 
-ProxyRun run_through_proxy(int dest_listener, const std::string& client_host, uint16_t lp, const std::string& payload) {
+// Sends `bytes` in pieces of `piece` bytes, `pause` seconds apart (the client
+// socket has TCP_NODELAY: see connect_once, so each piece is its own segment).
+Io send_in_pieces(int fd, const std::string& bytes, size_t piece, double pause) {
+    for (size_t at = 0; at < bytes.size(); at += piece) {
+        if (at > 0) sleep_s(pause);
+        Io st = send_all(fd, bytes.substr(at, piece), kIo);
+        if (st != Io::Ok) return st;
+    }
+    return Io::Ok;
+}
+
+// One client (from `host`) through a balancer to the plain listener `dl`: it
+// sends `first` (its PROXY header, and maybe the start of its payload) in pieces,
+// then, once the destination has its connection, `rest` in chunks while the
+// destination reads, then half-closes. The destination reads up to EOF and
+// answers "pong\n"; the client reads that up to EOF.
+ProxyRun run_with_header(int dl, uint16_t lp, const std::string& first, size_t piece, double pause,
+                         const std::string& rest = "", const std::string& host = kLo) {
     ProxyRun r;
     int e = 0;
-    Fd c = connect_to(client_host, lp, kIo, &e);
+    Fd c = connect_to(host, lp, kIo, &e);
     if (!c) {
         r.error = std::string("connect: ") + std::strerror(e);
         return r;
     }
     r.client_port = local_port(c.get());
-    if (send_all(c.get(), payload, kIo) != Io::Ok) {
-        r.error = "client send failed";
+    Io st = send_in_pieces(c.get(), first, piece, pause);
+    if (st != Io::Ok) {
+        r.error = std::string("client send of its header: ") + io_name(st);
         return r;
     }
-    ::shutdown(c.get(), SHUT_WR);
-    Fd s = accept_one(dest_listener, kIo);
+    Fd s = accept_one(dl, kIo);
     if (!s) {
         r.error = "the destination got no connection";
         return r;
     }
-    Io st = recv_until_eof(s.get(), r.received, kIo);
+    for (size_t at = 0; at < rest.size(); at += 16384) {
+        if (send_all(c.get(), rest.substr(at, 16384), kIo) != Io::Ok) {
+            r.error = "client send of its payload failed at byte " + std::to_string(at);
+            return r;
+        }
+        st = recv_available(s.get(), r.received);
+        if (st != Io::Ok) {
+            r.error = std::string("destination recv: ") + io_name(st) + " after " + std::to_string(r.received.size());
+            return r;
+        }
+    }
+    ::shutdown(c.get(), SHUT_WR);
+    st = recv_until_eof(s.get(), r.received, kIo);
     if (st != Io::Eof) {
-        r.error = std::string("destination recv: ") + io_name(st) + " after '" + printable(r.received) + "'";
+        r.error = std::string("destination recv: ") + io_name(st) + " after " + std::to_string(r.received.size()) +
+                  " bytes: '" + printable(r.received.substr(0, 120)) + "'";
         return r;
     }
     if (send_all(s.get(), "pong\n", kIo) != Io::Ok) r.error = "destination send failed";
@@ -379,6 +409,11 @@ ProxyRun run_through_proxy(int dest_listener, const std::string& client_host, ui
     st = recv_until_eof(c.get(), r.reply, kIo);
     if (st != Io::Eof && r.error.empty()) r.error = std::string("client recv: ") + io_name(st);
     return r;
+}
+
+// One client through a --send-proxy(-v2) balancer, its payload in one piece.
+ProxyRun run_through_proxy(int dest_listener, const std::string& client_host, uint16_t lp, const std::string& payload) {
+    return run_with_header(dest_listener, lp, payload, payload.size() + 1, 0, "", client_host);
 }
 
 void maybe_show(const std::string& what, const std::string& bytes) {
@@ -752,9 +787,9 @@ TEST_CASE("statistics (--stats): exact counters, Prometheus text format, HTTP er
         "iawlb_destination_sent_bytes_total", "iawlb_destination_received_bytes_total",
         "iawlb_destination_last_change_seconds", "iawlb_accepted_connections_total", "iawlb_queued_connections",
         "iawlb_active_connections", "iawlb_refused_connections_total", "iawlb_denied_connections_total",
-        "iawlb_uptime_seconds"};
+        "iawlb_bad_proxy_headers_total", "iawlb_uptime_seconds"};
     CHECK(ex.families == families);
-    CHECK(ex.samples == 8 * 2 + 6);
+    CHECK(ex.samples == 8 * 2 + 7);
     for (const std::string& f : families) {
         const bool counter = f.size() > 6 && f.compare(f.size() - 6, 6, "_total") == 0;
         INFO(f);
@@ -984,6 +1019,500 @@ TEST_CASE("PROXY protocol (--send-proxy, --send-proxy-v2): the destination gets 
                 }
             }
         }
+    }
+}
+
+// ===========================================================================
+// 5a. Accepting the PROXY protocol (--accept-proxy, --trusted, --preread-timeout)
+// ===========================================================================
+
+namespace {
+
+// The version 2 signature, taken from the header that expected_v2 builds.
+std::string v2_signature() { return expected_v2(false, "0.0.0.0", "0.0.0.0", 0, 0).substr(0, 12); }
+
+// A version 2 header of any shape: the signature, the version/command and the
+// family/transport bytes, the length field, then `body` as it is.
+std::string v2_raw(unsigned char ver_cmd, unsigned char fam_tr, size_t len, const std::string& body = "") {
+    std::string h = v2_signature();
+    h += static_cast<char>(ver_cmd);
+    h += static_cast<char>(fam_tr);
+    h += static_cast<char>((len >> 8) & 0xff);
+    h += static_cast<char>(len & 0xff);
+    return h + body;
+}
+
+// `base` (a version 2 header from expected_v2) with `n` bytes of NOOP TLVs (type
+// 0x04, values of at most 997 bytes of Pattern(seed)) after its addresses, and
+// its length field grown to match. n must be 0 or at least 3.
+std::string with_noop_tlvs(std::string base, size_t n, uint64_t seed) {
+    Pattern pat(seed);
+    std::string tlvs;
+    while (tlvs.size() < n) {
+        const size_t left = n - tlvs.size();
+        size_t value = std::min<size_t>(997, left - 3);
+        if (left - 3 - value > 0 && left - 3 - value < 3) value -= 3;  // leave room for a whole TLV
+        tlvs += '\x04';
+        tlvs += static_cast<char>(value >> 8);
+        tlvs += static_cast<char>(value & 0xff);
+        tlvs += pat.bytes(value);
+    }
+    const size_t len = ((size_t(static_cast<unsigned char>(base[14])) << 8) | static_cast<unsigned char>(base[15])) + n;
+    base[14] = static_cast<char>(len >> 8);
+    base[15] = static_cast<char>(len & 0xff);
+    return base + tlvs;
+}
+
+// A plain listening socket as the destination, and the balancer's two ports.
+struct Front {
+    Fd dl;
+    uint16_t dport = 0, lp = 0, sp = 0;
+    std::string dest() const { return listen_arg(dport); }
+};
+Front make_front() {
+    Front f;
+    f.dl = listen_socket(kLo, 0);
+    if (f.dl) f.dport = local_port(f.dl.get());
+    const auto ports = free_ports(2);
+    if (ports.size() == 2) {
+        f.lp = ports[0];
+        f.sp = ports[1];
+    }
+    return f;
+}
+
+// A balancer with --accept-proxy --trusted 127.0.0.1 -v --stats in front of f,
+// with `extra` options (a --send-proxy option among them, or not).
+Balancer start_accepting(const Front& f, std::vector<std::string> extra) {
+    std::vector<std::string> args = {"-v", "--accept-proxy", "--trusted", kLo, "--stats", listen_arg(f.sp)};
+    args.insert(args.end(), extra.begin(), extra.end());
+    args.push_back(listen_arg(f.lp));
+    args.push_back(f.dest());
+    return start_balancer(args);
+}
+
+// "" if no connection reaches the listener `dl` within `seconds`, else what that
+// connection received so far.
+std::string stray_connection(int dl, double seconds) {
+    Fd s = accept_one(dl, seconds);
+    if (!s) return "";
+    std::string got;
+    sleep_s(0.05);
+    recv_available(s.get(), got);
+    return "the destination got a connection, with '" + printable(got.substr(0, 120)) + "'";
+}
+
+// A client that sends `bytes` (then half-closes, if asked) and waits for the
+// balancer to end it: "closed" if it did so (EOF or reset) without sending a
+// byte, else what happened. *port is the client's port.
+std::string closed_after(uint16_t lp, const std::string& bytes, bool half_close, double timeout,
+                         uint16_t* port = nullptr) {
+    int e = 0;
+    Fd c = connect_to(kLo, lp, kIo, &e);
+    if (!c) return std::string("connect: ") + std::strerror(e);
+    if (port) *port = local_port(c.get());
+    Io st = bytes.empty() ? Io::Ok : send_all(c.get(), bytes, kIo);
+    if (st == Io::Ok && half_close) ::shutdown(c.get(), SHUT_WR);
+    if (st != Io::Ok && st != Io::Reset) return std::string("send: ") + io_name(st);
+    size_t discarded = 0;
+    st = wait_closed(c.get(), timeout, &discarded);
+    if ((st == Io::Eof || st == Io::Reset) && discarded == 0) return "closed";
+    return std::string(io_name(st)) + " after " + std::to_string(discarded) + " bytes from the balancer";
+}
+
+double metric(uint16_t sp, const std::string& series) { return value_of(scrape(sp), series); }
+
+}  // namespace
+
+TEST_CASE("accepting the PROXY protocol (--accept-proxy): the header in pieces is consumed, its addresses sent on",
+          "[integration][ops][accept-proxy]") {
+    struct Onward {
+        const char* option;
+        bool v2;
+    };
+    for (const Onward& on : {Onward{"--send-proxy-v2", true}, Onward{"--send-proxy", false}}) {
+        DYNAMIC_SECTION("then " << on.option) {
+            Front f = make_front();
+            REQUIRE(f.dl);
+            REQUIRE(f.lp != 0);
+            auto lb = start_accepting(f, {on.option});
+            auto onward = [&](bool v6, const std::string& src, const std::string& dst, uint16_t sp, uint16_t dp) {
+                return on.v2 ? expected_v2(v6, src, dst, sp, dp) : expected_v1(v6, src, dst, sp, dp);
+            };
+            const std::string payload = "hello from behind a proxy\r\n" + Pattern(77).bytes(3000);
+            const std::string big = Pattern(78).bytes(300000);
+            const std::string tlv_header =
+                with_noop_tlvs(expected_v2(true, "2001:db8::7", "2001:db8::1", 40000, 443), 4000, 79);
+            REQUIRE(tlv_header.size() == 16 + 36 + 4000);
+            struct Run {
+                const char* what;
+                std::string header;  // what the client sends first
+                size_t piece;        // in pieces of this many bytes
+                std::string more;    // sent with the header (its last piece spans the boundary)
+                std::string rest;    // sent after the destination has its connection
+                std::string want;    // the header the destination must get
+                std::string logged;  // the client as the -v line names it
+            };
+            const Run runs[] = {
+                {"v1 TCP4, one byte at a time", "PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443\r\n", 1, "", payload,
+                 onward(false, "192.0.2.7", "198.51.100.9", 40000, 8443), "192.0.2.7:40000"},
+                {"v2 INET6, 5 bytes at a time", expected_v2(true, "2001:db8::7", "2001:db8::1", 40000, 443), 5, "",
+                 payload, onward(true, "2001:db8::7", "2001:db8::1", 40000, 443), "[2001:db8::7]:40000"},
+                {"v2 INET6 with 4000 bytes of TLVs, in pieces of 700 with the payload's start", tlv_header, 700,
+                 payload.substr(0, 900), payload.substr(900), onward(true, "2001:db8::7", "2001:db8::1", 40000, 443),
+                 "[2001:db8::7]:40000"},
+                {"v2 INET, in one send with the payload, then 300 kB", expected_v2(false, "192.0.2.8", "198.51.100.10", 1, 65535),
+                 1 << 20, payload, big, onward(false, "192.0.2.8", "198.51.100.10", 1, 65535), "192.0.2.8:1"},
+                {"v1 TCP6, in one send with the payload", "PROXY TCP6 2001:db8::8 ::1 65535 0\r\n", 1 << 20, payload, "",
+                 onward(true, "2001:db8::8", "::1", 65535, 0), "[2001:db8::8]:65535"},
+            };
+            int served = 0;
+            std::vector<uint16_t> client_ports;
+            for (const Run& k : runs) {
+                INFO(on.option << ", " << k.what);
+                ProxyRun run = run_with_header(f.dl.get(), f.lp, k.header + k.more, k.piece, 0.003, k.rest);
+                INFO(run.error);
+                REQUIRE(run.error == "");
+                const std::string want = k.want + k.more + k.rest;
+                const bool exact = run.received == want;
+                INFO("received " << run.received.size() << " bytes, wanted " << want.size() << "\nreceived: "
+                                 << printable(run.received.substr(0, 200)) << "\nexpected: " << printable(want.substr(0, 200)));
+                CHECK(exact);
+                CHECK(run.reply == "pong\n");
+                const std::string line = k.logged + " -> " + f.dest() + " done ";
+                CHECK(lb->wait_for_log(line, kIo));
+                served += exact ? 1 : 0;
+                client_ports.push_back(run.client_port);
+            }
+            INFO(lb->log());
+            auto m = scrape(f.sp);
+            INFO(show_metrics(m));
+            CHECK(value_of(m, dest_series("iawlb_destination_connections_total", f.dest())) == double(std::size(runs)));
+            CHECK(value_of(m, "iawlb_bad_proxy_headers_total") == 0);
+            CHECK(value_of(m, "iawlb_denied_connections_total") == 0);
+            CHECK(served == int(std::size(runs)));
+            // The real address of the clients appears in no connection line.
+            for (uint16_t p : client_ports) CHECK(count_of(lb->log(), "127.0.0.1:" + std::to_string(p) + " ") == 0);
+        }
+    }
+}
+
+TEST_CASE("accepting the PROXY protocol: LOCAL, UNKNOWN, UNSPEC, UNIX and DGRAM headers keep the real addresses",
+          "[integration][ops][accept-proxy]") {
+    const std::string block4 = expected_v2(false, "192.0.2.7", "198.51.100.9", 40000, 8443).substr(16);
+    const std::string block6 = expected_v2(true, "2001:db8::7", "2001:db8::1", 40000, 443).substr(16);
+    struct Case {
+        const char* what;
+        std::string header;
+    };
+    const Case cases[] = {
+        {"v2 LOCAL", v2_raw(0x20, 0x00, 0)},
+        {"v2 LOCAL with INET addresses", v2_raw(0x20, 0x11, 12, block4)},
+        {"v2 LOCAL with INET6 addresses and a TLV", v2_raw(0x20, 0x21, 36 + 5, block6 + std::string("\x04\x00\x02zz", 5))},
+        {"v1 UNKNOWN", "PROXY UNKNOWN\r\n"},
+        {"v1 UNKNOWN with addresses", "PROXY UNKNOWN 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"v2 PROXY UNSPEC", v2_raw(0x21, 0x00, 0)},
+        {"v2 PROXY UNIX STREAM, 216 bytes", v2_raw(0x21, 0x31, 216, std::string(216, 'u'))},
+        {"v2 PROXY INET DGRAM", v2_raw(0x21, 0x12, 12, block4)},
+        {"v2 PROXY INET6 DGRAM", v2_raw(0x21, 0x22, 36, block6)},
+    };
+    const std::string payload = "after a header that names nobody\n";
+    for (bool v2 : {true, false}) {
+        DYNAMIC_SECTION((v2 ? "then --send-proxy-v2" : "then --send-proxy")) {
+            Front f = make_front();
+            REQUIRE(f.dl);
+            REQUIRE(f.lp != 0);
+            auto lb = start_accepting(f, {v2 ? "--send-proxy-v2" : "--send-proxy"});
+            for (const Case& k : cases) {
+                INFO(k.what << ": '" << printable(k.header) << "'");
+                ProxyRun run = run_with_header(f.dl.get(), f.lp, k.header + payload, 7, 0.002);
+                INFO(run.error);
+                REQUIRE(run.error == "");
+                const std::string want = (v2 ? expected_v2(false, kLo, kLo, run.client_port, f.lp)
+                                             : expected_v1(false, kLo, kLo, run.client_port, f.lp)) + payload;
+                INFO("received: " << printable(run.received) << "\nexpected: " << printable(want));
+                CHECK(run.received == want);
+                CHECK(run.reply == "pong\n");
+                CHECK(lb->wait_for_log("127.0.0.1:" + std::to_string(run.client_port) + " -> " + f.dest() + " done ", kIo));
+            }
+            auto m = scrape(f.sp);
+            INFO(show_metrics(m) << "\nlog:\n" << lb->log());
+            CHECK(value_of(m, "iawlb_bad_proxy_headers_total") == 0);
+            CHECK(value_of(m, dest_series("iawlb_destination_connections_total", f.dest())) == double(std::size(cases)));
+            CHECK(count_of(lb->log(), "192.0.2.7") == 0);
+            CHECK(count_of(lb->log(), "2001:db8") == 0);
+        }
+    }
+}
+
+TEST_CASE("accepting the PROXY protocol: a malformed header is closed, counted, and never reaches a destination",
+          "[integration][ops][accept-proxy]") {
+    Front f = make_front();
+    REQUIRE(f.dl);
+    REQUIRE(f.lp != 0);
+    // A long preread timeout: every close below is the header's verdict, not the timer's.
+    auto lb = start_accepting(f, {"--send-proxy-v2", "--preread-timeout", "60s"});
+    const std::string block4 = expected_v2(false, "192.0.2.7", "198.51.100.9", 40000, 8443).substr(16);
+    const std::string t4 = "PROXY TCP4 192.0.2.7 198.51.100.9 ";
+    struct Case {
+        const char* what;
+        std::string bytes;
+        bool half_close;  // the client ends its side after the bytes
+    };
+    const Case cases[] = {
+        {"plain HTTP", "GET / HTTP/1.0\r\n\r\n", false},
+        {"v1 without CR", t4 + "40000 8443\nmore bytes\n", false},
+        {"120 bytes without LF", "PROXY TCP4 " + std::string(109, '9'), false},
+        {"TCP4 with IPv6 addresses", "PROXY TCP4 2001:db8::7 2001:db8::1 40000 443\r\n", false},
+        {"port 65536", t4 + "65536 8443\r\n", false},
+        {"port with a leading zero", t4 + "040000 8443\r\n", false},
+        {"5 words", t4 + "40000\r\n", false},
+        {"v2 version 1", v2_raw(0x11, 0x11, 12, block4), false},
+        {"v2 family 4", v2_raw(0x21, 0x41, 12, block4), false},
+        {"v2 command 2", v2_raw(0x22, 0x11, 12, block4), false},
+        {"v2 INET with length 8", v2_raw(0x21, 0x11, 8, block4.substr(0, 8)), false},
+        {"closed before any byte", "", true},
+        {"closed inside a v1 header", "PROXY TCP4 192.0.2.7 198.5", true},
+        {"closed inside a v2 header's addresses", v2_raw(0x21, 0x11, 12, block4.substr(0, 5)), true},
+        {"closed inside a v2 header's TLVs", v2_raw(0x21, 0x11, 12 + 600, block4 + std::string(300, '\x04')), true},
+    };
+    int closed = 0;
+    std::vector<uint16_t> ports;
+    for (const Case& k : cases) {
+        uint16_t port = 0;
+        const std::string r = closed_after(f.lp, k.bytes, k.half_close, kIo, &port);
+        INFO(k.what << ": '" << printable(k.bytes) << "': " << r << "\nlog:\n" << lb->log());
+        CHECK(r == "closed");
+        closed += r == "closed" ? 1 : 0;
+        ports.push_back(port);
+        // Its -v line names the peer; once a v2 header's addresses were complete (only its
+        // TLVs missing), the balancer may name the address they hold instead.
+        const std::string peer = "127.0.0.1:" + std::to_string(port) + " -> - bad-header ";
+        const std::string named = "192.0.2.7:40000 -> - bad-header ";
+        const bool may_name = k.bytes.size() > 28 && k.bytes.compare(0, 12, v2_signature()) == 0;
+        CHECK(wait_until([&] {
+            const std::string log = lb->log();
+            return log.find(peer) != std::string::npos || (may_name && log.find(named) != std::string::npos);
+        }, kIo));
+    }
+    const std::string stray = stray_connection(f.dl.get(), 0.3);
+    CHECK(stray == "");
+    const double n = double(std::size(cases));
+    CHECK(wait_metric(f.sp, "iawlb_bad_proxy_headers_total", n, kIo));
+    auto m = scrape(f.sp);
+    INFO(show_metrics(m) << "\nlog:\n" << lb->log());
+    CHECK(value_of(m, "iawlb_bad_proxy_headers_total") == n);
+    CHECK(value_of(m, dest_series("iawlb_destination_connections_total", f.dest())) == 0);
+    CHECK(value_of(m, "iawlb_denied_connections_total") == 0);
+    CHECK(value_of(m, "iawlb_active_connections") == 0);
+    CHECK(count_lines(lb->log(), {" -> - bad-header "}) == int(std::size(cases)));
+    CHECK(closed == int(std::size(cases)));
+    // And the next client with a good header is served.
+    ProxyRun run = run_with_header(f.dl.get(), f.lp, "PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443\r\nafter\n", 1 << 20, 0);
+    INFO(run.error);
+    REQUIRE(run.error == "");
+    CHECK(run.received == expected_v2(false, "192.0.2.7", "198.51.100.9", 40000, 8443) + "after\n");
+    CHECK(lb->running());
+}
+
+TEST_CASE("accepting the PROXY protocol: a peer outside --trusted is closed by the acceptor, whatever its header",
+          "[integration][ops][accept-proxy]") {
+    const std::string header = "PROXY TCP4 10.1.2.3 10.0.0.1 40000 8443\r\npayload\n";
+    SECTION("--trusted 10.0.0.0/8: 127.0.0.1 is not a trusted proxy") {
+        Front f = make_front();
+        REQUIRE(f.dl);
+        REQUIRE(f.lp != 0);
+        auto lb = start_balancer({"-v", "--accept-proxy", "--trusted", "10.0.0.0/8", "--send-proxy-v2", "--stats",
+                                  listen_arg(f.sp), listen_arg(f.lp), f.dest()});
+        uint16_t port = 0;
+        const std::string r = closed_after(f.lp, header, false, kIo, &port);
+        CHECK(r == "closed");
+        CHECK(stray_connection(f.dl.get(), 0.3) == "");
+        CHECK(wait_metric(f.sp, "iawlb_denied_connections_total", 1, kIo));
+        auto m = scrape(f.sp);
+        INFO(show_metrics(m) << "\nlog:\n" << lb->log());
+        CHECK(value_of(m, "iawlb_denied_connections_total") == 1);
+        CHECK(value_of(m, "iawlb_bad_proxy_headers_total") == 0);
+        CHECK(value_of(m, dest_series("iawlb_destination_connections_total", f.dest())) == 0);
+        CHECK(lb->wait_for_log("127.0.0.1:" + std::to_string(port) + " is not a trusted proxy", kIo));
+        CHECK(count_of(lb->log(), "10.1.2.3") == 0);  // its header was never read
+    }
+    SECTION("a second --trusted network admits it") {
+        Front f = make_front();
+        REQUIRE(f.dl);
+        REQUIRE(f.lp != 0);
+        auto lb = start_balancer({"--accept-proxy", "--trusted", "10.0.0.0/8", "--trusted", "127.0.0.0/8",
+                                  "--send-proxy-v2", "--stats", listen_arg(f.sp), listen_arg(f.lp), f.dest()});
+        ProxyRun run = run_with_header(f.dl.get(), f.lp, header, 1 << 20, 0);
+        INFO(run.error);
+        REQUIRE(run.error == "");
+        CHECK(run.received == expected_v2(false, "10.1.2.3", "10.0.0.1", 40000, 8443) + "payload\n");
+        CHECK(metric(f.sp, "iawlb_denied_connections_total") == 0);
+    }
+}
+
+TEST_CASE("accepting the PROXY protocol: --preread-timeout closes a client whose header is late, and counts it",
+          "[integration][ops][accept-proxy]") {
+    Front f = make_front();
+    REQUIRE(f.dl);
+    REQUIRE(f.lp != 0);
+    auto lb = start_accepting(f, {"--send-proxy-v2", "--preread-timeout", "300ms"});
+    const double bounded = 10.0;  // far more than 300 ms, for a loaded machine
+    std::vector<uint16_t> ports(3);
+    // A silent client, one that stops inside its header, and one inside a v2 header.
+    CHECK(closed_after(f.lp, "", false, bounded, &ports[0]) == "closed");
+    CHECK(closed_after(f.lp, "PROXY TCP4 192.0", false, bounded, &ports[1]) == "closed");
+    CHECK(closed_after(f.lp, v2_signature() + "\x21\x11", false, bounded, &ports[2]) == "closed");
+    for (uint16_t p : ports)
+        CHECK(lb->wait_for_log("127.0.0.1:" + std::to_string(p) + " -> - preread-timeout ", kIo));
+
+    // A header trickled a byte every 100 ms (4.7 s for the whole) is cut off: the
+    // time counts from the connect, not from the last byte.
+    int e = 0;
+    Fd c = connect_to(kLo, f.lp, kIo, &e);
+    REQUIRE(c);
+    const std::string slow = "PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443\r\n";
+    bool cut = false;
+    for (size_t i = 0; i < slow.size() && !cut; ++i) {
+        std::string got;
+        Io st = recv_available(c.get(), got);
+        cut = st != Io::Ok || !got.empty() || send_all(c.get(), slow.substr(i, 1), kIo) != Io::Ok;
+        if (!cut) sleep_s(0.1);
+    }
+    Io st = wait_closed(c.get(), bounded);
+    CHECK((st == Io::Eof || st == Io::Reset));
+    c.reset();
+    CHECK(stray_connection(f.dl.get(), 0.3) == "");
+
+    CHECK(wait_metric(f.sp, "iawlb_bad_proxy_headers_total", 4, kIo));
+    auto m = scrape(f.sp);
+    INFO(show_metrics(m) << "\nlog:\n" << lb->log());
+    CHECK(value_of(m, "iawlb_bad_proxy_headers_total") == 4);
+    CHECK(value_of(m, dest_series("iawlb_destination_connections_total", f.dest())) == 0);
+    CHECK(count_lines(lb->log(), {" -> - preread-timeout "}) == 4);
+
+    // The balancer goes on serving a client that sends its header at once.
+    ProxyRun run = run_with_header(f.dl.get(), f.lp, "PROXY TCP4 192.0.2.9 198.51.100.9 40001 8443\r\nok\n", 1 << 20, 0);
+    INFO(run.error);
+    REQUIRE(run.error == "");
+    CHECK(run.received == expected_v2(false, "192.0.2.9", "198.51.100.9", 40001, 8443) + "ok\n");
+    CHECK(run.reply == "pong\n");
+}
+
+TEST_CASE("accepting the PROXY protocol: --allow and --deny judge the header's address, after it was read",
+          "[integration][ops][accept-proxy][acl]") {
+    struct Rules {
+        const char* name;
+        std::vector<std::string> options;
+    };
+    for (const Rules& rules : {Rules{"--deny 192.0.2.0/24", {"--deny", "192.0.2.0/24"}},
+                               Rules{"--allow 198.51.100.0/24 (and not the proxy's own 127.0.0.1)",
+                                     {"--allow", "198.51.100.0/24"}}}) {
+        DYNAMIC_SECTION(rules.name) {
+            Front f = make_front();
+            REQUIRE(f.dl);
+            REQUIRE(f.lp != 0);
+            std::vector<std::string> extra = rules.options;
+            extra.push_back("--send-proxy-v2");
+            auto lb = start_accepting(f, extra);
+            // Refused: the header names 192.0.2.7 (sent in two pieces).
+            const std::string refused = "PROXY TCP4 192.0.2.7 203.0.113.1 40000 443\r\nsecret\n";
+            int e = 0;
+            Fd c = connect_to(kLo, f.lp, kIo, &e);
+            REQUIRE(c);
+            Io st = send_in_pieces(c.get(), refused, 20, 0.01);
+            CHECK((st == Io::Ok || st == Io::Reset));
+            size_t discarded = 0;
+            st = wait_closed(c.get(), kIo, &discarded);
+            CHECK((st == Io::Eof || st == Io::Reset));
+            CHECK(discarded == 0);
+            c.reset();
+            CHECK(stray_connection(f.dl.get(), 0.3) == "");
+            CHECK(wait_metric(f.sp, "iawlb_denied_connections_total", 1, kIo));
+            CHECK(lb->wait_for_log("192.0.2.7:40000 denied by the access rules", kIo));
+            CHECK(lb->wait_for_log("192.0.2.7:40000 -> - denied ", kIo));
+            // Served: the header names 198.51.100.1.
+            ProxyRun run =
+                run_with_header(f.dl.get(), f.lp, "PROXY TCP4 198.51.100.1 203.0.113.1 40001 443\r\nhello\n", 9, 0.002);
+            INFO(run.error);
+            REQUIRE(run.error == "");
+            CHECK(run.received == expected_v2(false, "198.51.100.1", "203.0.113.1", 40001, 443) + "hello\n");
+            CHECK(run.reply == "pong\n");
+            CHECK(lb->wait_for_log("198.51.100.1:40001 -> " + f.dest() + " done ", kIo));
+            auto m = scrape(f.sp);
+            INFO(show_metrics(m) << "\nlog:\n" << lb->log());
+            CHECK(value_of(m, "iawlb_denied_connections_total") == 1);
+            CHECK(value_of(m, "iawlb_bad_proxy_headers_total") == 0);
+            CHECK(value_of(m, dest_series("iawlb_destination_connections_total", f.dest())) == 1);
+        }
+    }
+}
+
+TEST_CASE("accepting the PROXY protocol: -a source hashes the header's address, not the proxy's",
+          "[integration][ops][accept-proxy][affinity]") {
+    auto a = Backend::make(Kind::Name, "A");
+    auto b = Backend::make(Kind::Name, "B");
+    const auto ports = free_ports(1);
+    REQUIRE(ports.size() == 1);
+    const uint16_t lp = ports[0];
+    auto lb = start_balancer({"--accept-proxy", "--trusted", kLo, "-a", "source", listen_arg(lp), a->address(),
+                              b->address()});
+    // 24 client addresses, each twice, from other ports: each keeps its destination,
+    // and they do not all hash to one (they would, were 127.0.0.1 hashed).
+    std::map<std::string, int> per_answer;
+    int moved = 0, errors = 0;
+    std::string first_problem;
+    for (int i = 0; i < 24; ++i) {
+        std::string answer[2];
+        for (int round = 0; round < 2; ++round) {
+            const std::string header = "PROXY TCP4 10.0." + std::to_string(i * 7 % 256) + "." + std::to_string(i + 1) +
+                                       " 10.255.0.1 " + std::to_string(1000 + i + 100 * round) + " 80\r\n";
+            int e = 0;
+            Fd c = connect_to(kLo, lp, kIo, &e);
+            std::string got;
+            const bool ok = c && send_all(c.get(), header, kIo) == Io::Ok && ::shutdown(c.get(), SHUT_WR) == 0 &&
+                            recv_until_eof(c.get(), got, kIo) == Io::Eof && (got == "A\n" || got == "B\n");
+            if (!ok && errors++ == 0) first_problem = "client " + std::to_string(i) + ": '" + printable(got) + "'";
+            answer[round] = got;
+        }
+        if (answer[0] != answer[1] && moved++ == 0)
+            first_problem += " client " + std::to_string(i) + " went to " + answer[0] + " then " + answer[1];
+        per_answer[answer[0]]++;
+    }
+    INFO(first_problem << "\n" << show(per_answer));
+    CHECK(errors == 0);
+    CHECK(moved == 0);
+    CHECK(per_answer["A\n"] > 0);
+    CHECK(per_answer["B\n"] > 0);
+}
+
+TEST_CASE("command line: --accept-proxy needs --trusted, --trusted needs --accept-proxy, --preread-timeout > 0",
+          "[integration][ops][accept-proxy]") {
+    const auto ports = free_ports(2);
+    REQUIRE(ports.size() == 2);
+    const std::string L = listen_arg(ports[0]), D = listen_arg(ports[1]);
+    struct Case {
+        std::vector<std::string> args;
+        std::string names;
+    };
+    const std::vector<Case> cases = {
+        {{"--accept-proxy", L, D}, "--trusted"},
+        {{"--trusted", "127.0.0.1", L, D}, "--trusted"},
+        {{"--accept-proxy", "--trusted", "127.0.0.1", "--preread-timeout", "0", L, D}, "--preread-timeout"},
+        {{"--accept-proxy", "--trusted", "127.0.0.1/8", L, D}, "'127.0.0.1/8'"},
+    };
+    for (const Case& k : cases) {
+        std::vector<std::string> argv = {iawlb_path()};
+        argv.insert(argv.end(), k.args.begin(), k.args.end());
+        Process p(argv);
+        ExitStatus st = p.wait_exit(kIo);
+        const std::string log = p.log();
+        INFO("command: " << p.command() << "\n" << st.str() << ", output:\n" << log);
+        CHECK(st.str() == "exit code 2");
+        CHECK(split_lines(log).size() == 1);
+        CHECK(log.compare(0, 7, "iawlb: ") == 0);
+        CHECK(log.find(k.names) != std::string::npos);
+        CHECK(sanitizer_report(log).empty());
     }
 }
 

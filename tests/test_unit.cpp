@@ -1179,3 +1179,501 @@ TEST_CASE("PROXY protocol headers, byte for byte", "[unit][proxy][ops]")
     h = proxy_header(Proxy::v2, v6("::ffff:10.1.2.3", 4000), v6("::ffff:127.0.0.1", 80));
     CHECK(h.substr(12, 4) == std::string("\x21\x11\x00\x0C", 4));
 }
+
+// ------------------------------------------------------------- accepting the PROXY protocol
+
+namespace {
+const std::string kV2Signature("\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A", 12);
+
+ProxyHeader parse_text(const std::string &s)
+{
+    return parse_proxy_header(s.data(), s.size());
+}
+
+// A version 2 header: the signature, the version/command and family/transport
+// bytes, the length field `len` (big-endian), then `body` (which need not be
+// `len` bytes long: a test may give less, or more).
+std::string v2_raw(unsigned char ver_cmd, unsigned char fam_tr, std::size_t len, const std::string &body = "")
+{
+    std::string h = kV2Signature;
+    h += char(ver_cmd);
+    h += char(fam_tr);
+    h += char((len >> 8) & 0xff);
+    h += char(len & 0xff);
+    return h + body;
+}
+
+// The address block of an INET (12 bytes) or INET6 (36 bytes) header.
+std::string v2_block(const SockAddr &from, const SockAddr &to)
+{
+    std::string b;
+    if (from.sa.sa_family == AF_INET) {
+        b.append(reinterpret_cast<const char *>(&from.in4.sin_addr), 4);
+        b.append(reinterpret_cast<const char *>(&to.in4.sin_addr), 4);
+        b.append(reinterpret_cast<const char *>(&from.in4.sin_port), 2);
+        b.append(reinterpret_cast<const char *>(&to.in4.sin_port), 2);
+    } else {
+        b.append(reinterpret_cast<const char *>(&from.in6.sin6_addr), 16);
+        b.append(reinterpret_cast<const char *>(&to.in6.sin6_addr), 16);
+        b.append(reinterpret_cast<const char *>(&from.in6.sin6_port), 2);
+        b.append(reinterpret_cast<const char *>(&to.in6.sin6_port), 2);
+    }
+    return b;
+}
+
+// Family, address bytes and port; "" when they agree, else both spelled out.
+std::string differs(const SockAddr &got, const SockAddr &want)
+{
+    bool same = got.sa.sa_family == want.sa.sa_family;
+    if (same && want.sa.sa_family == AF_INET)
+        same = got.in4.sin_port == want.in4.sin_port
+               && std::memcmp(&got.in4.sin_addr, &want.in4.sin_addr, 4) == 0;
+    else if (same && want.sa.sa_family == AF_INET6)
+        same = got.in6.sin6_port == want.in6.sin6_port
+               && std::memcmp(&got.in6.sin6_addr, &want.in6.sin6_addr, 16) == 0;
+    else
+        same = false;
+    if (same) return "";
+    return "got family " + std::to_string(got.sa.sa_family) + " " + addr_to_string(got) + ", want family "
+           + std::to_string(want.sa.sa_family) + " " + addr_to_string(want);
+}
+
+const char *verdict_name(ProxyHeader::Verdict v)
+{
+    return v == ProxyHeader::ok ? "ok" : v == ProxyHeader::bad ? "bad" : "incomplete";
+}
+
+std::string visible(const std::string &s)
+{
+    return printable(s);
+}
+
+// Every proper prefix of `h` (including the empty one) is incomplete.
+void check_prefixes_incomplete(const std::string &h)
+{
+    int wrong = 0;
+    std::string first;
+    for (std::size_t k = 0; k < h.size(); ++k) {
+        ProxyHeader r = parse_proxy_header(h.data(), k);
+        if (r.verdict != ProxyHeader::incomplete && wrong++ == 0)
+            first = "prefix of " + std::to_string(k) + " bytes: " + verdict_name(r.verdict) + " (" + r.why + ")";
+    }
+    INFO("header '" << visible(h) << "': " << first);
+    CHECK(wrong == 0);
+}
+}  // namespace
+
+TEST_CASE("parse_proxy_header: version 1 TCP4, TCP6 and UNKNOWN", "[unit][proxy]")
+{
+    const std::string tcp4 = "PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443\r\n";
+    ProxyHeader h = parse_text(tcp4);
+    REQUIRE(h.verdict == ProxyHeader::ok);
+    CHECK(h.size == tcp4.size());
+    CHECK(h.names_client);
+    CHECK(differs(h.from, v4("192.0.2.7", 40000)) == "");
+    CHECK(differs(h.to, v4("198.51.100.9", 8443)) == "");
+
+    const std::string tcp6 = "PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\r\n";
+    h = parse_text(tcp6);
+    REQUIRE(h.verdict == ProxyHeader::ok);
+    CHECK(h.size == tcp6.size());
+    CHECK(h.names_client);
+    CHECK(differs(h.from, v6("2001:db8::7", 40000)) == "");
+    CHECK(differs(h.to, v6("2001:db8::1", 443)) == "");
+
+    // The extremes of a port: 0 (its only spelling with a zero first) and 65535.
+    h = parse_text("PROXY TCP4 0.0.0.0 255.255.255.255 0 65535\r\n");
+    REQUIRE(h.verdict == ProxyHeader::ok);
+    CHECK(differs(h.from, v4("0.0.0.0", 0)) == "");
+    CHECK(differs(h.to, v4("255.255.255.255", 65535)) == "");
+    // An IPv4-mapped address is an IPv6 address for TCP6.
+    h = parse_text("PROXY TCP6 ::ffff:10.1.2.3 ::1 1 2\r\n");
+    REQUIRE(h.verdict == ProxyHeader::ok);
+    CHECK(h.from.sa.sa_family == AF_INET6);
+
+    // UNKNOWN, with or without the rest of the line: accepted, names nobody.
+    const std::vector<std::string> unknowns = {
+        "PROXY UNKNOWN\r\n", "PROXY UNKNOWN ffff:f:f:f:f:f:f:f ffff:f:f:f:f:f:f:f 65535 65535\r\n",
+        "PROXY UNKNOWN anything at all, even  two spaces\r\n"};
+    for (const std::string &unknown : unknowns) {
+        INFO(visible(unknown));
+        h = parse_text(unknown);
+        CHECK(h.verdict == ProxyHeader::ok);
+        CHECK(h.size == unknown.size());
+        CHECK_FALSE(h.names_client);
+    }
+
+    // The longest line allowed is 107 bytes with its CR LF; one more is refused.
+    const std::string longest = "PROXY TCP6 0000:0000:0000:0000:0000:ffff:255.255.255.255 "
+                                "ffff:ffff:ffff:ffff:ffff:ffff:ffff:f 65535 65535\r\n";
+    REQUIRE(longest.size() == 107);
+    h = parse_text(longest);
+    CHECK(h.verdict == ProxyHeader::ok);
+    CHECK(h.size == 107);
+    const std::string too_long = "PROXY TCP6 0000:0000:0000:0000:0000:ffff:255.255.255.255 "
+                                 "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff 65535 65535\r\n";
+    REQUIRE(too_long.size() == 108);
+    h = parse_text(too_long);
+    CHECK(h.verdict == ProxyHeader::bad);
+    CHECK(std::string(h.why) != "");
+    const std::string unknown_long = "PROXY UNKNOWN " + std::string(100, 'x') + "\r\n";
+    CHECK(parse_text(unknown_long).verdict == ProxyHeader::bad);
+}
+
+TEST_CASE("parse_proxy_header: every prefix of a header is incomplete, the whole one ok, what follows ignored",
+          "[unit][proxy]")
+{
+    const SockAddr a4 = v4("192.0.2.7", 40000), b4 = v4("198.51.100.9", 8443);
+    const SockAddr a6 = v6("2001:db8::7", 40000), b6 = v6("2001:db8::1", 443);
+    const std::string headers[] = {
+        "PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443\r\n",
+        "PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\r\n",
+        "PROXY UNKNOWN\r\n",
+        "PROXY UNKNOWN 1.2.3.4 5.6.7.8 1 2\r\n",
+        v2_raw(0x21, 0x11, 12, v2_block(a4, b4)),
+        v2_raw(0x21, 0x21, 36, v2_block(a6, b6)),
+        v2_raw(0x20, 0x00, 0),  // LOCAL
+        v2_raw(0x21, 0x00, 0),  // PROXY, UNSPEC
+    };
+    // What a client may send after its header: text, binary, even another header.
+    const std::string after[] = {
+        "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        std::string("\0\r\n\xff\x01", 5) + std::string(300, 'z'),
+        "PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\n",
+        kV2Signature + std::string("\x21\x11\x00\x0c", 4),
+    };
+    for (const std::string &h : headers) {
+        INFO("header '" << visible(h) << "'");
+        check_prefixes_incomplete(h);
+        ProxyHeader whole = parse_text(h);
+        REQUIRE(whole.verdict == ProxyHeader::ok);
+        CHECK(whole.size == h.size());
+        for (const std::string &more : after) {
+            INFO("followed by '" << visible(more.substr(0, 40)) << "'");
+            ProxyHeader r = parse_text(h + more);
+            CHECK(r.verdict == ProxyHeader::ok);
+            CHECK(r.size == h.size());
+            CHECK(r.names_client == whole.names_client);
+            if (r.names_client) {
+                CHECK(differs(r.from, whole.from) == "");
+                CHECK(differs(r.to, whole.to) == "");
+            }
+        }
+    }
+    // The prefixes of each signature alone are incomplete too (checked above through
+    // the headers); a wrong byte anywhere in a signature decides at once.
+    for (std::size_t k = 0; k < 12; ++k) {
+        std::string s = kV2Signature + std::string(20, '\0');
+        s[k] = char(s[k] ^ 0x20);
+        INFO("signature with byte " << k << " changed");
+        CHECK(parse_text(s).verdict == ProxyHeader::bad);
+    }
+}
+
+TEST_CASE("parse_proxy_header: every malformed header is bad, with a reason", "[unit][proxy]")
+{
+    const SockAddr a4 = v4("192.0.2.7", 40000), b4 = v4("198.51.100.9", 8443);
+    const SockAddr a6 = v6("2001:db8::7", 40000), b6 = v6("2001:db8::1", 443);
+    const std::string block4 = v2_block(a4, b4), block6 = v2_block(a6, b6);
+    const std::string t4 = "PROXY TCP4 192.0.2.7 198.51.100.9 ";
+    struct Case {
+        const char *what;
+        std::string bytes;
+    };
+    const Case cases[] = {
+        // neither signature
+        {"HTTP", "GET / HTTP/1.0\r\n\r\n"},
+        {"TLS hello", std::string("\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 11)},
+        {"lower case proxy", "proxy TCP4 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"PROXY without its space", "PROXYTCP4 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"a NUL first", std::string(40, '\0')},
+        {"CR LF CR LF then text", "\r\n\r\nGET / HTTP/1.0\r\n\r\n"},
+        // the line
+        {"no CR before LF", t4 + "40000 8443\n"},
+        {"a bare LF", "PROXY \n"},
+        {"120 bytes without LF", "PROXY TCP4 " + std::string(109, '1')},
+        {"107 bytes without LF", "PROXY TCP4 " + std::string(96, ' ')},
+        {"CR LF after 200 bytes", "PROXY UNKNOWN " + std::string(186, 'x') + "\r\n"},
+        // the words
+        {"5 words", t4 + "40000\r\n"},
+        {"7 words", t4 + "40000 8443 9\r\n"},
+        {"a trailing space", t4 + "40000 8443 \r\n"},
+        {"two spaces", "PROXY TCP4  192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"a tab", "PROXY TCP4\t192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"PROXY alone", "PROXY\r\n"},
+        {"PROXY and a space", "PROXY \r\n"},
+        // the protocol
+        {"UDP4", "PROXY UDP4 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"tcp4", "PROXY tcp4 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"TCP5", "PROXY TCP5 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"unknown", "PROXY unknown\r\n"},
+        // the addresses
+        {"TCP4 with IPv6 addresses", "PROXY TCP4 2001:db8::7 2001:db8::1 40000 443\r\n"},
+        {"TCP6 with IPv4 addresses", "PROXY TCP6 192.0.2.7 198.51.100.9 40000 8443\r\n"},
+        {"TCP4, an octet over 255", "PROXY TCP4 192.0.2.256 198.51.100.9 40000 8443\r\n"},
+        {"TCP4, three octets", "PROXY TCP4 192.0.2 198.51.100.9 40000 8443\r\n"},
+        {"TCP4, a name", "PROXY TCP4 localhost 198.51.100.9 40000 8443\r\n"},
+        {"TCP4, bad destination", "PROXY TCP4 192.0.2.7 198.51.100.x 40000 8443\r\n"},
+        {"TCP6, brackets", "PROXY TCP6 [2001:db8::7] 2001:db8::1 40000 443\r\n"},
+        {"TCP6, a scope", "PROXY TCP6 fe80::1%eth0 2001:db8::1 40000 443\r\n"},
+        // the ports
+        {"port 65536", t4 + "65536 8443\r\n"},
+        {"destination port 65536", t4 + "40000 65536\r\n"},
+        {"port 99999", t4 + "99999 8443\r\n"},
+        {"port of 6 digits", t4 + "100000 8443\r\n"},
+        {"port 040000", t4 + "040000 8443\r\n"},
+        {"port 0080", t4 + "0080 8443\r\n"},
+        {"port 00", t4 + "00 8443\r\n"},
+        {"port -1", t4 + "-1 8443\r\n"},
+        {"port +80", t4 + "+80 8443\r\n"},
+        {"port 8a", t4 + "8a 8443\r\n"},
+        {"port 0x50", t4 + "0x50 8443\r\n"},
+        {"empty port", t4 + " 8443\r\n"},
+        {"empty destination port", t4 + "40000 \r\n"},
+        // version 2
+        {"v2 version 1", v2_raw(0x11, 0x11, 12, block4)},
+        {"v2 version 0", v2_raw(0x01, 0x11, 12, block4)},
+        {"v2 version 3", v2_raw(0x31, 0x11, 12, block4)},
+        {"v2 version 15", v2_raw(0xf1, 0x11, 12, block4)},
+        {"v2 command 2", v2_raw(0x22, 0x11, 12, block4)},
+        {"v2 command 15", v2_raw(0x2f, 0x11, 12, block4)},
+        {"v2 family 4", v2_raw(0x21, 0x41, 12, block4)},
+        {"v2 family 15", v2_raw(0x21, 0xf1, 12, block4)},
+        {"v2 transport 3", v2_raw(0x21, 0x13, 12, block4)},
+        {"v2 transport 15", v2_raw(0x21, 0x1f, 12, block4)},
+        {"v2 INET length 8", v2_raw(0x21, 0x11, 8, block4.substr(0, 8))},
+        {"v2 INET length 11", v2_raw(0x21, 0x11, 11, block4.substr(0, 11))},
+        {"v2 INET length 0", v2_raw(0x21, 0x11, 0)},
+        {"v2 INET6 length 35", v2_raw(0x21, 0x21, 35, block6.substr(0, 35))},
+        {"v2 INET6 length 12", v2_raw(0x21, 0x21, 12, block4)},
+        {"v2 INET6 length 0", v2_raw(0x21, 0x21, 0)},
+    };
+    for (const Case &k : cases) {
+        INFO(k.what << ": '" << visible(k.bytes) << "'");
+        ProxyHeader h = parse_text(k.bytes);
+        CHECK(verdict_name(h.verdict) == std::string("bad"));
+        REQUIRE(h.why != nullptr);
+        CHECK(std::string(h.why) != "");
+        // Decided: more bytes change nothing.
+        const std::string more = k.bytes + std::string(300, '\n');
+        CHECK(parse_text(more).verdict == ProxyHeader::bad);
+    }
+}
+
+TEST_CASE("parse_proxy_header: version 2 LOCAL, UNSPEC, UNIX and DGRAM keep the connection's addresses",
+          "[unit][proxy]")
+{
+    const std::string block4 = v2_block(v4("192.0.2.7", 40000), v4("198.51.100.9", 8443));
+    const std::string block6 = v2_block(v6("2001:db8::7", 40000), v6("2001:db8::1", 443));
+    struct Case {
+        const char *what;
+        std::string header;  // without its length's worth of bytes
+        std::size_t size;    // 16 + its length
+    };
+    const Case cases[] = {
+        {"LOCAL, UNSPEC", v2_raw(0x20, 0x00, 0), 16},
+        {"LOCAL, INET STREAM with addresses", v2_raw(0x20, 0x11, 12), 28},
+        {"LOCAL, INET6 STREAM with addresses", v2_raw(0x20, 0x21, 36), 52},
+        {"LOCAL, INET with a short length", v2_raw(0x20, 0x11, 4), 20},
+        {"PROXY, UNSPEC", v2_raw(0x21, 0x00, 0), 16},
+        {"PROXY, UNSPEC with 7 bytes", v2_raw(0x21, 0x00, 7), 23},
+        {"PROXY, UNIX STREAM", v2_raw(0x21, 0x31, 216), 232},
+        {"PROXY, UNIX DGRAM", v2_raw(0x21, 0x32, 216), 232},
+        {"PROXY, INET DGRAM", v2_raw(0x21, 0x12, 12), 28},
+        {"PROXY, INET6 DGRAM", v2_raw(0x21, 0x22, 36), 52},
+    };
+    for (const Case &k : cases) {
+        INFO(k.what);
+        check_prefixes_incomplete(k.header);  // the 16 fixed bytes are needed, no more
+        ProxyHeader h = parse_text(k.header);
+        CHECK(verdict_name(h.verdict) == std::string("ok"));
+        CHECK(h.size == k.size);
+        CHECK_FALSE(h.names_client);
+        // With the rest of the header there (zeros, or address blocks), the same.
+        std::string whole = k.header + (k.size == 28 ? block4 : k.size == 52 ? block6 : std::string(k.size - 16, '\0'));
+        h = parse_text(whole + "after");
+        CHECK(h.verdict == ProxyHeader::ok);
+        CHECK(h.size == k.size);
+        CHECK_FALSE(h.names_client);
+    }
+}
+
+TEST_CASE("parse_proxy_header: version 2 TLVs are counted in the size, but not needed to decide", "[unit][proxy]")
+{
+    const SockAddr a = v4("192.0.2.7", 40000), b = v4("198.51.100.9", 8443);
+    std::string tlvs;
+    for (int i = 0; tlvs.size() < 1000; ++i) {  // NOOP TLVs (type 0x04), 1000 bytes in all
+        const std::size_t value = std::min<std::size_t>(97, 1000 - tlvs.size() - 3);
+        tlvs += '\x04';
+        tlvs += char(value >> 8);
+        tlvs += char(value & 0xff);
+        tlvs += std::string(value, char('a' + i % 26));
+    }
+    REQUIRE(tlvs.size() == 1000);
+    const std::string h = v2_raw(0x21, 0x11, 12 + 1000, v2_block(a, b) + tlvs);
+    check_prefixes_incomplete(h.substr(0, 28));
+    for (std::size_t n : {std::size_t(28), std::size_t(29), std::size_t(256), h.size(), h.size() + 1}) {
+        INFO("given " << n << " bytes");
+        std::string given = (h + "x").substr(0, n);
+        ProxyHeader r = parse_text(given);
+        REQUIRE(r.verdict == ProxyHeader::ok);
+        CHECK(r.size == 16 + 12 + 1000);
+        CHECK(r.names_client);
+        CHECK(differs(r.from, a) == "");
+        CHECK(differs(r.to, b) == "");
+    }
+    // INET6 with the largest length of all.
+    const SockAddr a6 = v6("2001:db8::7", 40000), b6 = v6("2001:db8::1", 443);
+    ProxyHeader r = parse_text(v2_raw(0x21, 0x21, 65535, v2_block(a6, b6)));
+    REQUIRE(r.verdict == ProxyHeader::ok);
+    CHECK(r.size == 16 + 65535);
+    CHECK(differs(r.from, a6) == "");
+    CHECK(differs(r.to, b6) == "");
+}
+
+TEST_CASE("parse_proxy_header: what proxy_header builds reads back as the same addresses", "[unit][proxy]")
+{
+    struct Pair {
+        SockAddr from, to;
+    };
+    const Pair pairs[] = {
+        {v4("192.0.2.1", 56324), v4("127.0.0.1", 443)},
+        {v4("0.0.0.0", 0), v4("255.255.255.255", 65535)},
+        {v4("10.1.2.3", 1), v4("10.1.2.3", 1)},
+        {v6("2001:db8::1", 1), v6("::1", 65535)},
+        {v6("::", 0), v6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535)},
+        {v6("fe80::1:2:3:4", 12345), v6("2001:db8:0:0:1::1", 80)},
+    };
+    for (Proxy v : {Proxy::v1, Proxy::v2}) {
+        for (const Pair &p : pairs) {
+            const std::string h = proxy_header(v, p.from, p.to);
+            INFO((v == Proxy::v1 ? "v1 " : "v2 ") << addr_to_string(p.from) << " -> " << addr_to_string(p.to)
+                                                  << ": '" << visible(h) << "'");
+            check_prefixes_incomplete(h);
+            ProxyHeader r = parse_text(h + "payload");
+            REQUIRE(r.verdict == ProxyHeader::ok);
+            CHECK(r.size == h.size());
+            CHECK(r.names_client);
+            CHECK(differs(r.from, p.from) == "");
+            CHECK(differs(r.to, p.to) == "");
+        }
+        // An IPv4 client of a dual-stack listener is sent, and so read back, as IPv4.
+        ProxyHeader r = parse_text(proxy_header(v, v6("::ffff:10.1.2.3", 4000), v6("::ffff:127.0.0.1", 80)));
+        REQUIRE(r.verdict == ProxyHeader::ok);
+        CHECK(r.names_client);
+        CHECK(differs(r.from, v4("10.1.2.3", 4000)) == "");
+        CHECK(differs(r.to, v4("127.0.0.1", 80)) == "");
+        // Two families: the header says it cannot describe the connection.
+        const std::string mixed = proxy_header(v, v4("10.0.0.1", 1), v6("::1", 2));
+        r = parse_text(mixed);
+        REQUIRE(r.verdict == ProxyHeader::ok);
+        CHECK(r.size == mixed.size());
+        CHECK_FALSE(r.names_client);
+    }
+}
+
+TEST_CASE("parse_proxy_header: 232 bytes always decide, and a decision never changes with more bytes",
+          "[unit][proxy]")
+{
+    // Random bytes behind starts that look like headers, so that every branch is met.
+    const SockAddr a4 = v4("192.0.2.7", 40000), b4 = v4("198.51.100.9", 8443);
+    const std::string starts[] = {
+        "",
+        "PROXY ",
+        "PROXY TCP4 ",
+        "PROXY TCP4 192.0.2.7 198.51.100.9 40000 8443",
+        "PROXY UNKNOWN",
+        kV2Signature,
+        kV2Signature + "\x21",
+        kV2Signature + "\x21\x11",
+        kV2Signature + "\x21\x11" + std::string("\x00\x0c", 2),
+        kV2Signature + "\x21\x21" + std::string("\x00\x24", 2),
+        v2_raw(0x21, 0x11, 12, v2_block(a4, b4)),
+    };
+    std::uint64_t s = 0x9E3779B97F4A7C15ull;
+    auto next = [&s] {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return s;
+    };
+    int undecided = 0, unexplained = 0, changed = 0, counts[3] = {0, 0, 0};
+    std::string first;
+    for (int round = 0; round < 3000; ++round) {
+        std::string b = starts[round % std::size(starts)];
+        const std::uint64_t mode = next() % 4;  // 0 random bytes; 1 text with spaces, CR, LF; 2 digits; 3 dots
+        while (b.size() < 232) {
+            const std::uint64_t r = next();
+            char ch = char(r & 0xff);
+            if (mode == 1) ch = " \r\nA1:."[(r >> 8) % 7];
+            if (mode == 2) ch = "0123456789 \r\n"[(r >> 8) % (r % 64 == 0 ? 13 : 11)];
+            if (mode == 3) ch = "1.2 :\r\n"[(r >> 8) % 7];
+            b += ch;
+        }
+        const ProxyHeader full = parse_proxy_header(b.data(), b.size());
+        ++counts[full.verdict];
+        if (full.verdict == ProxyHeader::incomplete && undecided++ == 0) first = "undecided: " + visible(b);
+        if (full.verdict == ProxyHeader::bad && std::string(full.why).empty() && unexplained++ == 0)
+            first = "bad without a reason: " + visible(b);
+        for (std::size_t k = 0; k < b.size(); ++k) {
+            const ProxyHeader r = parse_proxy_header(b.data(), k);
+            if (r.verdict == ProxyHeader::incomplete) continue;
+            const bool same = r.verdict == full.verdict && (r.verdict != ProxyHeader::ok || r.size == full.size);
+            if (!same && changed++ == 0)
+                first = std::string(verdict_name(r.verdict)) + " after " + std::to_string(k) + " bytes but "
+                        + verdict_name(full.verdict) + " after 232: " + visible(b);
+        }
+    }
+    INFO(first);
+    CHECK(undecided == 0);
+    CHECK(unexplained == 0);
+    CHECK(changed == 0);
+    // The mix met both verdicts (each start and mode has its share).
+    CHECK(counts[ProxyHeader::ok] > 0);
+    CHECK(counts[ProxyHeader::bad] > 0);
+}
+
+TEST_CASE("parse_args: --accept-proxy, --trusted and --preread-timeout", "[unit][proxy][parse]")
+{
+    Config c = parse({"80", "81"});
+    CHECK_FALSE(c.accept_proxy);
+    CHECK(c.trusted.empty());
+    CHECK(c.preread_timeout == 5 * sec);
+
+    c = parse({"--accept-proxy", "--trusted", "127.0.0.1", "--trusted=10.0.0.0/8", "--trusted", "2001:db8::/32",
+               "--preread-timeout", "300ms", "80", "81"});
+    CHECK(c.accept_proxy);
+    CHECK(c.trusted.size() == 3);
+    CHECK(c.preread_timeout == 300 * msec);
+    CHECK(c.acl.empty());  // --trusted is not an access rule
+    CHECK(parse({"--trusted", "::1", "--accept-proxy", "80", "81"}).accept_proxy);
+    CHECK(parse({"--accept-proxy", "--trusted", "127.0.0.1", "--deny", "192.0.2.0/24", "80", "81"}).acl.size() == 1);
+
+    struct Case {
+        std::vector<const char *> args;
+        const char *named;
+    };
+    const Case cases[] = {
+        {{"--accept-proxy", "80", "81"}, "--trusted"},
+        {{"80", "81", "--accept-proxy"}, "--trusted"},
+        {{"--trusted", "127.0.0.1", "80", "81"}, "--trusted"},
+        {{"--accept-proxy", "--trusted", "127.0.0.1", "--preread-timeout", "0", "80", "81"}, "--preread-timeout"},
+        {{"--accept-proxy", "--trusted", "127.0.0.1", "--preread-timeout", "soon", "80", "81"}, "soon"},
+        {{"--accept-proxy", "--trusted", "127.0.0.1", "--preread-timeout", "-1s", "80", "81"}, "-1s"},
+        {{"--accept-proxy", "--trusted", "127.0.0.1", "80", "81", "--preread-timeout"}, "--preread-timeout"},
+        {{"--accept-proxy", "--trusted", "10.0.0.1/8", "80", "81"}, "10.0.0.1/8"},
+        {{"--accept-proxy", "--trusted", "localhost", "80", "81"}, "localhost"},
+        {{"--accept-proxy", "--trusted", "10.0.0.0/33", "80", "81"}, "10.0.0.0/33"},
+        {{"--accept-proxy", "80", "81", "--trusted"}, "--trusted"},
+        {{"--accept-proxy=1", "--trusted", "127.0.0.1", "80", "81"}, "--accept-proxy"},
+    };
+    for (const Case &k : cases) {
+        std::string m = usage_error(k.args);
+        std::string all;
+        for (const char *a : k.args) all += std::string(a) + " ";
+        INFO("args " << all << ": message '" << m << "'");
+        REQUIRE_FALSE(m.empty());
+        CHECK(m.find(k.named) != std::string::npos);
+        CHECK(m.find('\n') == std::string::npos);
+    }
+}

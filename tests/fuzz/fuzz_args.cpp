@@ -10,8 +10,9 @@
 //  - a UsageError's message is one line with no control character (they are
 //    escaped, see printable in the book) and names the argument at fault: it contains an argument, an option's
 //    name or an option's value in quotes ('...'), or "option NAME:", or it is
-//    one of the two messages that have nothing to quote (no places at all;
-//    the two PROXY options together);
+//    one of the messages that have nothing to quote (no places at all;
+//    the two PROXY options together; --accept-proxy and --trusted, each
+//    without the other);
 //  - a returned Config keeps the ranges of the README (a port from 1 to
 //    65535, at least one destination, weights 1 to 256, workers 1 to 1024,
 //    positive connect and queue timeouts, no negative duration, ...);
@@ -39,7 +40,10 @@
 #include "iawlb.hpp"
 #include "fuzz.hpp"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <optional>
 #include <stdexcept>
@@ -67,7 +71,8 @@ std::string long_name(std::string_view name)
         "--check-interval",  "--rise",         "--fall",          "--queue-max",    "--stats",
         "--send-proxy",      "--send-proxy-v2", "--reuseport",    "--workers",      "--max-conn",
         "--algorithm",       "--verbose",       "--help",         "--version",      "--slow-start",
-        "--allow",           "--deny",          "--backup",       "--dest-max-conn"};
+        "--allow",           "--deny",          "--backup",       "--dest-max-conn",
+        "--accept-proxy",    "--trusted",       "--preread-timeout"};
     for (const Alias &x : aliases)
         if (name == x.brief) return x.full;
     for (const char *x : long_only)
@@ -78,7 +83,7 @@ std::string long_name(std::string_view name)
 bool is_flag(const std::string &n)
 {
     return n == "--help" || n == "--version" || n == "--verbose" || n == "--send-proxy"
-           || n == "--send-proxy-v2" || n == "--reuseport";
+           || n == "--send-proxy-v2" || n == "--reuseport" || n == "--accept-proxy";
 }
 
 // Sets option n to v, throwing std::invalid_argument or UsageError when the
@@ -111,6 +116,8 @@ void set_option(Config &c, const std::string &n, std::string_view v)
     else if (n == "--stats") c.stats = parse_stats_endpoint(v);
     else if (n == "--slow-start") c.slow_start = duration(true);
     else if (n == "--allow" || n == "--deny") c.acl.push_back(parse_acl_rule(n, v));
+    else if (n == "--trusted") c.trusted.push_back(parse_acl_rule(n, v));
+    else if (n == "--preread-timeout") c.preread_timeout = duration(false);
     else if (n == "--backup") {
         c.dests.push_back(parse_dest(v));  // moved after the places below
         c.dests.back().backup = true;
@@ -155,6 +162,7 @@ std::optional<Config> model(const std::vector<std::string> &args)
             }
             if (n == "--verbose") c.verbose = true;
             else if (n == "--reuseport") c.reuseport = true;
+            else if (n == "--accept-proxy") c.accept_proxy = true;
             else {
                 Proxy p = n == "--send-proxy" ? Proxy::v1 : Proxy::v2;
                 if (c.proxy != Proxy::none && c.proxy != p) return std::nullopt;
@@ -175,6 +183,7 @@ std::optional<Config> model(const std::vector<std::string> &args)
         }
     }
     if (places.size() < 2) return std::nullopt;
+    if (c.accept_proxy != !c.trusted.empty()) return std::nullopt;  // each needs the other
     try {
         c.listen = parse_endpoint(places[0], "listen address");
         std::vector<Endpoint> backups = std::move(c.dests);
@@ -218,6 +227,13 @@ const char *difference(const Config &a, const Config &b)
     if (a.stats && !same(*a.stats, *b.stats)) return "stats";
     if (a.proxy != b.proxy) return "proxy";
     if (a.reuseport != b.reuseport) return "reuseport";
+    if (a.accept_proxy != b.accept_proxy) return "accept_proxy";
+    if (a.trusted.size() != b.trusted.size()) return "the number of trusted networks";
+    for (std::size_t i = 0; i < a.trusted.size(); ++i)
+        if (a.trusted[i].family != b.trusted[i].family || a.trusted[i].bits != b.trusted[i].bits
+            || std::memcmp(a.trusted[i].net, b.trusted[i].net, 16) != 0 || !a.trusted[i].allow)
+            return "a trusted network";
+    if (a.preread_timeout != b.preread_timeout) return "preread_timeout";
     if (a.verbose != b.verbose) return "verbose";
     if (a.help != b.help) return "help";
     if (a.version != b.version) return "version";
@@ -258,7 +274,9 @@ bool contains(const std::string &m, const std::string &part)
 bool names_an_argument(const std::string &m, const std::vector<std::string> &args)
 {
     if (m == "missing LISTEN and DEST arguments"
-        || m == "options --send-proxy and --send-proxy-v2 exclude each other")
+        || m == "options --send-proxy and --send-proxy-v2 exclude each other"
+        || m == "option --accept-proxy needs --trusted CIDR, the proxies that may send the header"
+        || m == "option --trusted is for --accept-proxy, which is not given")
         return true;
     for (const std::string &a : args) {
         std::vector<std::string> parts = {a, a.substr(0, a.find('@'))};
@@ -288,7 +306,8 @@ void check_ranges(const Config &c, const std::vector<std::string> &args)
     if (c.queue_max > 100000000) fail("a queue_max over 100000000");
     if (c.dest_max_conn > 100000000) fail("a dest_max_conn over 100000000");
     if (c.rise < 1 || c.rise > 1000 || c.fall < 1 || c.fall > 1000) fail("rise or fall out of 1..1000");
-    if (c.connect_timeout <= 0 || c.queue_timeout <= 0 || c.backoff_max <= 0)
+    if (c.accept_proxy != !c.trusted.empty()) fail("--accept-proxy without --trusted, or the reverse");
+    if (c.connect_timeout <= 0 || c.queue_timeout <= 0 || c.backoff_max <= 0 || c.preread_timeout <= 0)
         fail("a connect or queue timeout or backoff_max that is not positive");
     if (c.idle_timeout < 0 || c.grace < 0 || c.check_interval < 0) fail("a negative duration");
     if (c.algorithm != Algorithm::leastconn && c.algorithm != Algorithm::roundrobin && c.algorithm != Algorithm::source)
@@ -328,6 +347,13 @@ std::vector<std::string> written(const Config &c)
     if (c.proxy == Proxy::v1) w.push_back("--send-proxy");
     if (c.proxy == Proxy::v2) w.push_back("--send-proxy-v2");
     if (c.reuseport) w.push_back("--reuseport");
+    if (c.accept_proxy) w.push_back("--accept-proxy");
+    for (const AclRule &r : c.trusted) {
+        char text[INET6_ADDRSTRLEN] = "";
+        inet_ntop(r.family, r.net, text, sizeof text);
+        w.push_back("--trusted=" + std::string(text) + "/" + std::to_string(r.bits));
+    }
+    w.push_back("--preread-timeout=" + format_duration(c.preread_timeout));
     if (c.verbose) w.push_back("--verbose");
     for (const Endpoint &d : c.dests)
         if (d.backup) w.push_back("--backup=" + d.text);
@@ -346,6 +372,7 @@ void check_defaults()
         || c.connect_timeout != 3 * sec || c.idle_timeout != 300 * sec || c.queue_timeout != 10 * sec
         || c.grace != 30 * sec || c.backoff_max != 5 * sec || c.check_interval != 0 || c.rise != 2
         || c.fall != 3 || c.queue_max != 0 || c.stats || c.proxy != Proxy::none || c.reuseport
+        || c.accept_proxy || !c.trusted.empty() || c.preread_timeout != 5 * sec
         || c.verbose || c.help || c.version)
         fuzz_fail("Config's defaults are not the README's");
 }
