@@ -306,7 +306,6 @@ void check_ranges(const Config &c, const std::vector<std::string> &args)
     if (c.queue_max > 100000000) fail("a queue_max over 100000000");
     if (c.dest_max_conn > 100000000) fail("a dest_max_conn over 100000000");
     if (c.rise < 1 || c.rise > 1000 || c.fall < 1 || c.fall > 1000) fail("rise or fall out of 1..1000");
-    if (c.accept_proxy != !c.trusted.empty()) fail("--accept-proxy without --trusted, or the reverse");
     if (c.connect_timeout <= 0 || c.queue_timeout <= 0 || c.backoff_max <= 0 || c.preread_timeout <= 0)
         fail("a connect or queue timeout or backoff_max that is not positive");
     if (c.idle_timeout < 0 || c.grace < 0 || c.check_interval < 0) fail("a negative duration");
@@ -316,6 +315,8 @@ void check_ranges(const Config &c, const std::vector<std::string> &args)
         fail("an unknown PROXY version");
     if (c.stats && (c.stats->host.empty() || c.stats->port < 1)) fail("a stats address without host or port");
     if (c.help || c.version) return;
+    // Checked with the places, so after --help or --version the parse stops before it.
+    if (c.accept_proxy != !c.trusted.empty()) fail("--accept-proxy without --trusted, or the reverse");
     if (c.listen.port < 1) fail("a listen port of 0");
     if (c.dests.empty()) fail("no destination");
     for (const Endpoint &d : c.dests)
