@@ -3898,7 +3898,7 @@ byte.
 
 With \.{--accept-proxy} the acceptor checks the peer against the
 \.{--trusted} networks instead, and the access rules wait for the address
-that the PROXY header names (|@<Admit |c|, whose PROXY header...@>|).
+that the PROXY header names (|admit|).
 
 @<Count and log the client |a| that the rules refuse...@>=
 ++shared.denied;
@@ -4320,13 +4320,15 @@ sent to the destination, and the log and the statistics count them so.
 
 @<Put the PROXY protocol header in front of |c|'s bytes; |return| if the client is gone@>=
 SockAddr to = c.to;
-socklen_t len = sizeof to.in6;
-if (to.len == 0 && getsockname(c.client.fd.get(), &to.sa, &len) < 0) {
-  c.error = errno;
-  finish(c, End::client_error);
-  return;
+if (to.len == 0) {
+  socklen_t len = sizeof to.in6;
+  if (getsockname(c.client.fd.get(), &to.sa, &len) < 0) {
+    c.error = errno;
+    finish(c, End::client_error);
+    return;
+  }
+  to.len = len;
 }
-if (to.len == 0) to.len = len;
 std::string h = proxy_header(shared.cfg.proxy, c.from, to);
 c.up.buf = buffers.take();
 std::memcpy(c.up.buf.get(), h.data(), h.size());
@@ -4431,7 +4433,8 @@ if (n < 0) {
   return;
 }
 
-@ The part of the header that was peeked at is in the socket, so the |recv|
+@ A header that names the client gives the connection both its addresses,
+which replace the peer's from here on. The part of the header that was peeked at is in the socket, so the |recv|
 that takes it cannot come back short; if it did, the rest would be dropped
 the same way as the extensions, in the next turns of the loop.
 
@@ -4460,41 +4463,42 @@ addresses in place, as the specification says.
 @<Members of |Worker|@>=
 void admit(Connection &c)
 {
-  @<Admit |c|, whose PROXY header has been read, or close it if the rules refuse it@>@;
+  List<Connection, TimerTag>::remove(&c);
+  if (!acl_admits(shared.cfg.acl, c.from)) {
+    ++shared.denied;
+    if (shared.cfg.verbose)
+      Log(Level::info, "%s denied by the access rules", addr_to_string(c.from).c_str());
+    finish(c, End::denied);
+    return;
+  }
+  set_state(c, State::queued);
+  dispatch(c);
 }
-
-@ @<Admit |c|, whose PROXY header...@>=
-List<Connection, TimerTag>::remove(&c);
-if (!acl_admits(shared.cfg.acl, c.from)) {
-  ++shared.denied;
-  if (shared.cfg.verbose)
-    Log(Level::info, "%s denied by the access rules", addr_to_string(c.from).c_str());
-  finish(c, End::denied);
-  return;
-}
-set_state(c, State::queued);
-dispatch(c);
 
 @ A bad header is closed without an answer, since no answer could be in the
 protocol the client speaks, and counted in |bad_headers|. The first one is
 logged in every case, because it usually means a configuration error (the
 proxy in front does not send the header, or sends it only for some
 listeners); later ones only with \.{-v}, so that a stream of them cannot fill the
-disk. The same holds for a header that did not arrive in time.
+disk. The same holds for a header that did not arrive in time, and
+|count_bad_header| keeps that rule for both.
 @.bad PROXY header@>
 
 @<Members of |Worker|@>=
-void bad_header(Connection &c, const char *why)
+bool count_bad_header() /* counts one, and says whether to log it */
 {
   ++shared.bad_headers;
-  if (!shared.told_bad_header.exchange(true) || shared.cfg.verbose)
+  return !shared.told_bad_header.exchange(true) || shared.cfg.verbose;
+}
+void bad_header(Connection &c, const char *why)
+{
+  if (count_bad_header())
     Log(Level::warn, "bad PROXY header from %s: %s", addr_to_string(c.from).c_str(), why);
   finish(c, End::bad_header);
 }
 void late_header(Connection &c)
 {
-  ++shared.bad_headers;
-  if (!shared.told_bad_header.exchange(true) || shared.cfg.verbose)
+  if (count_bad_header())
     Log(Level::warn, "no PROXY header from %s after %s", addr_to_string(c.from).c_str(),
       format_duration(shared.cfg.preread_timeout).c_str());
 @.no PROXY header from@>

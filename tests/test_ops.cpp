@@ -1078,6 +1078,8 @@ Front make_front() {
         f.lp = ports[0];
         f.sp = ports[1];
     }
+    REQUIRE(f.dl);  // every test of the section needs both
+    REQUIRE(f.lp != 0);
     return f;
 }
 
@@ -1133,8 +1135,6 @@ TEST_CASE("accepting the PROXY protocol (--accept-proxy): the header in pieces i
     for (const Onward& on : {Onward{"--send-proxy-v2", true}, Onward{"--send-proxy", false}}) {
         DYNAMIC_SECTION("then " << on.option) {
             Front f = make_front();
-            REQUIRE(f.dl);
-            REQUIRE(f.lp != 0);
             auto lb = start_accepting(f, {on.option});
             auto onward = [&](bool v6, const std::string& src, const std::string& dst, uint16_t sp, uint16_t dp) {
                 return on.v2 ? expected_v2(v6, src, dst, sp, dp) : expected_v1(v6, src, dst, sp, dp);
@@ -1220,8 +1220,6 @@ TEST_CASE("accepting the PROXY protocol: LOCAL, UNKNOWN, UNSPEC, UNIX and DGRAM 
     for (bool v2 : {true, false}) {
         DYNAMIC_SECTION((v2 ? "then --send-proxy-v2" : "then --send-proxy")) {
             Front f = make_front();
-            REQUIRE(f.dl);
-            REQUIRE(f.lp != 0);
             auto lb = start_accepting(f, {v2 ? "--send-proxy-v2" : "--send-proxy"});
             for (const Case& k : cases) {
                 INFO(k.what << ": '" << printable(k.header) << "'");
@@ -1248,8 +1246,6 @@ TEST_CASE("accepting the PROXY protocol: LOCAL, UNKNOWN, UNSPEC, UNIX and DGRAM 
 TEST_CASE("accepting the PROXY protocol: a malformed header is closed, counted, and never reaches a destination",
           "[integration][ops][accept-proxy]") {
     Front f = make_front();
-    REQUIRE(f.dl);
-    REQUIRE(f.lp != 0);
     // A long preread timeout: every close below is the header's verdict, not the timer's.
     auto lb = start_accepting(f, {"--send-proxy-v2", "--preread-timeout", "60s"});
     const std::string block4 = expected_v2(false, "192.0.2.7", "198.51.100.9", 40000, 8443).substr(16);
@@ -1320,8 +1316,6 @@ TEST_CASE("accepting the PROXY protocol: a peer outside --trusted is closed by t
     const std::string header = "PROXY TCP4 10.1.2.3 10.0.0.1 40000 8443\r\npayload\n";
     SECTION("--trusted 10.0.0.0/8: 127.0.0.1 is not a trusted proxy") {
         Front f = make_front();
-        REQUIRE(f.dl);
-        REQUIRE(f.lp != 0);
         auto lb = start_balancer({"-v", "--accept-proxy", "--trusted", "10.0.0.0/8", "--send-proxy-v2", "--stats",
                                   listen_arg(f.sp), listen_arg(f.lp), f.dest()});
         uint16_t port = 0;
@@ -1339,8 +1333,6 @@ TEST_CASE("accepting the PROXY protocol: a peer outside --trusted is closed by t
     }
     SECTION("a second --trusted network admits it") {
         Front f = make_front();
-        REQUIRE(f.dl);
-        REQUIRE(f.lp != 0);
         auto lb = start_balancer({"--accept-proxy", "--trusted", "10.0.0.0/8", "--trusted", "127.0.0.0/8",
                                   "--send-proxy-v2", "--stats", listen_arg(f.sp), listen_arg(f.lp), f.dest()});
         ProxyRun run = run_with_header(f.dl.get(), f.lp, header, 1 << 20, 0);
@@ -1354,8 +1346,6 @@ TEST_CASE("accepting the PROXY protocol: a peer outside --trusted is closed by t
 TEST_CASE("accepting the PROXY protocol: --preread-timeout closes a client whose header is late, and counts it",
           "[integration][ops][accept-proxy]") {
     Front f = make_front();
-    REQUIRE(f.dl);
-    REQUIRE(f.lp != 0);
     auto lb = start_accepting(f, {"--send-proxy-v2", "--preread-timeout", "300ms"});
     const double bounded = 10.0;  // far more than 300 ms, for a loaded machine
     std::vector<uint16_t> ports(3);
@@ -1410,8 +1400,6 @@ TEST_CASE("accepting the PROXY protocol: --allow and --deny judge the header's a
                                      {"--allow", "198.51.100.0/24"}}}) {
         DYNAMIC_SECTION(rules.name) {
             Front f = make_front();
-            REQUIRE(f.dl);
-            REQUIRE(f.lp != 0);
             std::vector<std::string> extra = rules.options;
             extra.push_back("--send-proxy-v2");
             auto lb = start_accepting(f, extra);
