@@ -980,6 +980,10 @@ private:
             int soerr = 0;
             socklen_t len = sizeof soerr;
             ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &soerr, &len);
+            // A reset (not a refusal) means the handshake was done and the balancer
+            // accepted it: a session cut by a backend kill before this thread, slow on a
+            // loaded machine, came back to poll. The balancer counted it; so do we.
+            if (soerr == ECONNRESET) g_totals.connections++;
             if (soerr) return std::string("connect: ") + std::strerror(soerr);
         }
         g_totals.connections++;
